@@ -1,0 +1,54 @@
+# fastworker: `make bench` and `make test` work from a clean clone.
+# Both create .venv (if missing), install the pinned dask/distributed and the test
+# tools, compile the Cython units in place, then run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Extra arguments, e.g. `make test PYTEST_ARGS="-k taskstate"`, `make bench BENCH_ARGS=--full`
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd) setup.py
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.built
+
+.PHONY: all venv build test bench annotate clean distclean
+
+all: build
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime pins, build tools and test extras; then the package itself (editable).
+$(DEPS_STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -c constraints.txt "setuptools>=64" wheel "Cython>=3.0"
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+	touch $@
+
+# Recompile the extension modules in place whenever a .pyx/.pxd changes.
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+build: $(BUILD_STAMP)
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Cython's HTML annotation (yellow = Python C-API calls) next to each .pyx.
+annotate: $(DEPS_STAMP)
+	FASTWORKER_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace --force
+	@ls fastworker/*.html
+
+clean:
+	rm -rf build fastworker/*.c fastworker/*.so fastworker/*.html $(BUILD_STAMP)
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,136 @@
+"""Shared benchmark plumbing: paired timing, medians, the table and the JSON record.
+
+Stock and fastworker are timed alternately inside each repeat, in one process, so
+that machine noise hits both alike; only medians and their ratio are reported.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from typing import Callable
+
+#: A case builds its input outside the timed region and returns the timed callable.
+Setup = Callable[[], Callable[[], object]]
+
+
+@dataclass
+class Row:
+    """One benchmark case: per-operation times for each implementation."""
+
+    group: str
+    case: str
+    n: int
+    unit: str
+    stock: list[float] = field(default_factory=list)
+    fastworker: list[float] = field(default_factory=list)
+
+    @property
+    def stock_median(self) -> float:
+        return statistics.median(self.stock)
+
+    @property
+    def fast_median(self) -> float:
+        return statistics.median(self.fastworker)
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster fastworker is than stock (medians)."""
+        return self.stock_median / self.fast_median
+
+
+def time_once(setup: Setup, n: int) -> float:
+    """Seconds per operation for one run of ``n`` operations, garbage collector off."""
+    run = setup()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+    finally:
+        gc.enable()
+    return elapsed / n
+
+
+def measure(
+    group: str,
+    case: str,
+    n: int,
+    stock: Setup,
+    fast: Setup,
+    repeats: int,
+    unit: str = "ns",
+    progress: bool = True,
+) -> Row:
+    """Time both implementations ``repeats`` times, alternating which goes first."""
+    scale = {"ns": 1e9, "us": 1e6}[unit]
+    row = Row(group, case, n, unit)
+    live = progress and sys.stderr.isatty()  # a redrawn line on a terminal
+    for i in range(repeats):
+        order = ((stock, row.stock), (fast, row.fastworker))
+        for setup, out in order if i % 2 == 0 else reversed(order):
+            out.append(time_once(setup, n) * scale)
+        if live:
+            print(f"\r  {group}: {case} (n={n:,}) repeat {i + 1}/{repeats}", end="", file=sys.stderr, flush=True)
+    if live:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    elif progress:
+        print(f"  done: {group}: {case} (n={n:,}, {repeats} repeats)", file=sys.stderr, flush=True)
+    return row
+
+
+def format_table(rows: list[Row]) -> str:
+    """A plain-text table: one line per case, medians and the speedup."""
+    header = ("benchmark", "case", "n", "stock", "fastworker", "speedup")
+    lines = [
+        (
+            r.group,
+            r.case,
+            f"{r.n:,}",
+            f"{r.stock_median:,.1f} {r.unit}",
+            f"{r.fast_median:,.1f} {r.unit}",
+            f"{r.speedup:,.1f}x",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def environment() -> dict:
+    """Versions and machine, stored with the raw numbers."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "distributed": version("distributed"),
+        "dask": version("dask"),
+        "fastworker": version("fastworker"),
+    }
+
+
+def write_json(path: str, rows: list[Row], repeats: int) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    record = {
+        "environment": environment(),
+        "repeats": repeats,
+        "rows": [
+            {**asdict(r), "stock_median": r.stock_median, "fastworker_median": r.fast_median,
+             "speedup": r.speedup}
+            for r in rows
+        ],
+    }
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)

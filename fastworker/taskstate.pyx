@@ -1,0 +1,374 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: embedsignature=True, binding=True
+"""Compiled drop-in for :class:`distributed.worker_state_machine.TaskState`.
+
+The worker-side record of one task. Same constructor, fields, defaults, repr,
+identity hash/eq, weakref support, ``_to_dict_no_nest`` and pickling as the stock
+dataclass; the state is held as a C enum and shown as the same strings.
+"""
+cimport cython
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
+
+from dask.utils import key_split
+from distributed.utils import recursive_to_dict
+from distributed.worker_state_machine import _default_data_size
+
+__all__ = ["TaskState", "TASK_STATES", "TaskStateCode"]
+
+# Order must follow the TaskStateCode enum in taskstate.pxd.
+STATE_NAMES = (
+    "released",
+    "waiting",
+    "ready",
+    "constrained",
+    "executing",
+    "long-running",
+    "memory",
+    "error",
+    "fetch",
+    "flight",
+    "missing",
+    "cancelled",
+    "resumed",
+    "rescheduled",
+    "forgotten",
+    None,
+)
+
+#: The fifteen valid worker task states, in enum order.
+TASK_STATES = STATE_NAMES[:TS_NONE]
+
+cdef dict _STATE_CODES = {name: code for code, name in enumerate(TASK_STATES)}
+
+# Fields of stock TaskState that its _to_dict_no_nest may show, sorted by name as
+# inspect.getmembers sorts them ("prefix" is always dropped there, "duration" is ours).
+_DUMPED_FIELDS = (
+    "annotations", "coming_from", "dependencies", "dependents", "done", "exception",
+    "exception_text", "key", "metadata", "nbytes", "next", "previous", "priority",
+    "resource_restrictions", "run_id", "run_spec", "span_id", "start_time",
+    "startstops", "state", "stop_time", "suspicious_count", "traceback",
+    "traceback_text", "type", "waiters", "waiting_for_data", "who_has",
+)
+
+# Stands for "argument not given", so that an explicit None is kept as stock keeps it.
+cdef object _MISSING = object()
+
+
+cdef TaskStateCode state_code(object name) except TS_NONE:
+    """The enum code of a state name; ValueError for anything else."""
+    cdef int code
+    # Names written by code are interned constants: try pointer identity first.
+    for code in range(<int>TS_NONE):
+        if <PyObject*>name is PyTuple_GET_ITEM(STATE_NAMES, code):
+            return <TaskStateCode>code
+    cdef PyObject* found = NULL
+    if isinstance(name, str):
+        found = PyDict_GetItemWithError(_STATE_CODES, name)
+    if found is NULL:
+        raise ValueError(
+            f"{name!r} is not a worker task state; expected one of {TASK_STATES}"
+        )
+    return <TaskStateCode><int><object>found
+
+
+cdef TaskStateCode optional_state_code(object name) except? TS_NONE:
+    """Like state_code, but None is allowed and maps to TS_NONE."""
+    if name is None:
+        return TS_NONE
+    return state_code(name)
+
+
+cdef inline object state_name(TaskStateCode code):
+    return <object>PyTuple_GET_ITEM(STATE_NAMES, <Py_ssize_t>code)
+
+
+# Live tasks form an intrusive doubly linked list through TaskState._live_prev and
+# _live_next: tracking a task costs a few pointer writes, where stock's WeakSet
+# allocates a weakref with a callback. C statics, so that they outlive module
+# teardown (tasks may be deallocated after the module's globals are cleared).
+cdef void* _live_head = NULL
+cdef Py_ssize_t _live_count = 0
+
+
+cdef inline void _link(TaskState ts) noexcept:
+    global _live_head, _live_count
+    if ts._live:
+        return
+    ts._live = True
+    ts._live_prev = NULL
+    ts._live_next = _live_head
+    if _live_head is not NULL:
+        (<TaskState>_live_head)._live_prev = <void*>ts
+    _live_head = <void*>ts
+    _live_count += 1
+
+
+cdef inline void _unlink(TaskState ts) noexcept:
+    global _live_head, _live_count
+    if not ts._live:
+        return
+    if ts._live_prev is NULL:
+        _live_head = ts._live_next
+    else:
+        (<TaskState>ts._live_prev)._live_next = ts._live_next
+    if ts._live_next is not NULL:
+        (<TaskState>ts._live_next)._live_prev = ts._live_prev
+    ts._live = False
+    ts._live_prev = ts._live_next = NULL
+    _live_count -= 1
+
+
+@cython.final
+cdef class LiveTaskSet:
+    """The live TaskState objects: ``TaskState._instances``.
+
+    Behaves like the ``weakref.WeakSet`` that stock keeps in
+    ``TaskState._instances`` (len, iteration, membership, add, discard, clear): a
+    task joins it when constructed and leaves it when it is deallocated, so it
+    never keeps a task alive. Used by tests to find leaked tasks.
+    """
+
+    def __len__(self):
+        return _live_count
+
+    def __contains__(self, obj):
+        return isinstance(obj, TaskState) and (<TaskState>obj)._live
+
+    def __iter__(self):
+        # A snapshot: tasks may come and go while the caller iterates.
+        cdef list out = []
+        cdef void* node = _live_head
+        while node is not NULL:
+            out.append(<TaskState>node)
+            node = (<TaskState>node)._live_next
+        return iter(out)
+
+    def add(self, TaskState ts):
+        _link(ts)
+
+    def discard(self, TaskState ts):
+        _unlink(ts)
+
+    def remove(self, TaskState ts):
+        if not ts._live:
+            raise KeyError(ts)
+        _unlink(ts)
+
+    def clear(self):
+        while _live_head is not NULL:
+            _unlink(<TaskState>_live_head)
+
+    def __repr__(self):
+        return f"<LiveTaskSet: {_live_count} live fastworker TaskState objects>"
+
+
+# All live TaskState objects, as in stock (tests use it to find leaks).
+_INSTANCES = LiveTaskSet()
+
+
+def _new_empty(cls):
+    """Unpickling helper: an instance whose fields __setstate__ fills in.
+
+    Like stock (whose __post_init__ does not run on unpickling), the copy is not
+    added to ``TaskState._instances``.
+    """
+    return cls.__new__(cls)
+
+
+@cython.freelist(256)
+cdef class TaskState:
+    """Holds volatile state relating to an individual Dask task on a worker.
+
+    Compiled equivalent of :class:`distributed.worker_state_machine.TaskState`:
+    same constructor and fields. ``state``, ``previous`` and ``next`` only accept
+    the worker task state names (or None for the latter two) and raise
+    ValueError for anything else. Hash and equality are by identity.
+
+    In addition to stock's fields, ``duration`` holds the task's expected run time
+    in seconds (the worker's per-prefix estimate), or None; it is not shown by
+    ``repr`` or ``_to_dict_no_nest``.
+    """
+
+    _instances = _INSTANCES
+
+    def __init__(
+        self,
+        key,
+        run_id=-1,
+        run_spec=None,
+        dependencies=_MISSING,
+        dependents=_MISSING,
+        waiting_for_data=_MISSING,
+        waiters=_MISSING,
+        state="released",
+        previous=None,
+        next=None,
+        priority=None,
+        who_has=_MISSING,
+        coming_from=None,
+        resource_restrictions=_MISSING,
+        exception=None,
+        traceback=None,
+        exception_text="",
+        traceback_text="",
+        type=None,
+        suspicious_count=0,
+        startstops=_MISSING,
+        start_time=None,
+        stop_time=None,
+        metadata=_MISSING,
+        nbytes=None,
+        annotations=None,
+        span_id=None,
+        done=False,
+        *,
+        duration=None,
+    ):
+        self.key = key
+        self.run_id = run_id
+        self.run_spec = run_spec
+        self.dependencies = set() if dependencies is _MISSING else dependencies
+        self.dependents = set() if dependents is _MISSING else dependents
+        self.waiting_for_data = (
+            set() if waiting_for_data is _MISSING else waiting_for_data
+        )
+        self.waiters = set() if waiters is _MISSING else waiters
+        self._state = state_code(state)
+        self._previous = optional_state_code(previous)
+        self._next = optional_state_code(next)
+        self.priority = priority
+        self.who_has = set() if who_has is _MISSING else who_has
+        self.coming_from = coming_from
+        self.resource_restrictions = (
+            {} if resource_restrictions is _MISSING else resource_restrictions
+        )
+        self.exception = exception
+        self.traceback = traceback
+        self.exception_text = exception_text
+        self.traceback_text = traceback_text
+        self.type = type
+        self.suspicious_count = suspicious_count
+        self.startstops = [] if startstops is _MISSING else startstops
+        self.start_time = start_time
+        self.stop_time = stop_time
+        self.metadata = {} if metadata is _MISSING else metadata
+        self.nbytes = nbytes
+        self.annotations = annotations
+        self.span_id = span_id
+        self.done = done
+        self.duration = duration
+        _link(self)
+
+    def __dealloc__(self):
+        _unlink(self)
+
+    # --- state as an enum, shown as a string -------------------------------------
+
+    @property
+    def state(self):
+        """The current state of the task, one of ``TASK_STATES``."""
+        return state_name(self._state)
+
+    @state.setter
+    def state(self, value):
+        self._state = state_code(value)
+
+    @property
+    def previous(self):
+        """The state before cancelled/resumed (executing, long-running or flight), or None."""
+        return state_name(self._previous)
+
+    @previous.setter
+    def previous(self, value):
+        self._previous = optional_state_code(value)
+
+    @property
+    def next(self):
+        """The state a resumed task goes to next (fetch or waiting), or None."""
+        return state_name(self._next)
+
+    @next.setter
+    def next(self, value):
+        self._next = optional_state_code(value)
+
+    # --- prefix, derived from the key on first use -------------------------------
+
+    cdef object get_prefix(self):
+        if self._prefix is None:
+            self._prefix = key_split(self.key)
+        return self._prefix
+
+    @property
+    def prefix(self):
+        """Task prefix: the leftmost part of the key (``key_split(key)``)."""
+        return self.get_prefix()
+
+    @prefix.setter
+    def prefix(self, value):
+        self._prefix = value
+
+    # --- behaviour ---------------------------------------------------------------
+
+    def __repr__(self):
+        cdef TaskStateCode s = self._state
+        if s == TS_CANCELLED:
+            state = f"cancelled({state_name(self._previous)})"
+        elif s == TS_RESUMED:
+            state = f"resumed({state_name(self._previous)}->{state_name(self._next)})"
+        else:
+            state = state_name(s)
+        return f"<TaskState {self.key!r} {state}>"
+
+    cpdef Py_ssize_t get_nbytes(self) except? -1:
+        """``nbytes``, or distributed.scheduler.default-data-size if it is unknown."""
+        nbytes = self.nbytes
+        return nbytes if nbytes is not None else _default_data_size()
+
+    def _to_dict_no_nest(self, *, exclude=()):
+        """Dictionary representation for debugging, exactly as stock's.
+
+        Public non-callable fields that are truthy, ``prefix`` left out; tasks that
+        this one references are shown by their repr (see ``recursive_to_dict``).
+        """
+        members = {}
+        for name in _DUMPED_FIELDS:
+            if name in exclude:
+                continue
+            value = getattr(self, name)
+            if not callable(value):
+                members[name] = value
+        out = recursive_to_dict(members, exclude=exclude)
+        return {k: v for k, v in out.items() if v}
+
+    # --- pickling ----------------------------------------------------------------
+
+    def __reduce__(self):
+        # Fields travel as state (not constructor arguments) so that cycles between
+        # dependencies and dependents pickle: the object is memoised first.
+        return (_new_empty, (type(self),), self.__getstate__())
+
+    def __getstate__(self):
+        return (
+            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+            self.dependents, self.waiting_for_data, self.waiters, self.state,
+            self.previous, self.next, self.priority, self.who_has, self.coming_from,
+            self.resource_restrictions, self.exception, self.traceback,
+            self.exception_text, self.traceback_text, self.type,
+            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+            self.duration,
+        )
+
+    def __setstate__(self, state):
+        (
+            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+            self.dependents, self.waiting_for_data, self.waiters, self.state,
+            self.previous, self.next, self.priority, self.who_has, self.coming_from,
+            self.resource_restrictions, self.exception, self.traceback,
+            self.exception_text, self.traceback_text, self.type,
+            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+            self.duration,
+        ) = state

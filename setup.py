@@ -1,0 +1,50 @@
+"""Build the compiled units of fastworker.
+
+Every ``fastworker/*.pyx`` becomes one extension module; Cython runs at build time
+and the generated C is never committed. Build options come from the environment:
+
+- ``FASTWORKER_ANNOTATE=1``  write ``cython -a`` HTML next to each .pyx
+- ``FASTWORKER_DEBUG=1``     keep line numbers/asserts, no -O3 (for profilers and gdb)
+- ``FASTWORKER_PROFILE=1``   Cython ``profile``/``linetrace`` hooks for cProfile
+"""
+import os
+from glob import glob
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def flag(name):
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
+debug = flag("FASTWORKER_DEBUG")
+profile = flag("FASTWORKER_PROFILE")
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    "profile": profile,
+    "linetrace": profile,
+}
+macros = [("CYTHON_TRACE", "1")] if profile else []
+compile_args = ["-O0", "-g"] if debug else ["-O3"]
+
+extensions = [
+    Extension(
+        f"fastworker.{os.path.splitext(os.path.basename(path))[0]}",
+        [path],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+    )
+    for path in sorted(glob(os.path.join("fastworker", "*.pyx")))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=flag("FASTWORKER_ANNOTATE"),
+    ),
+    zip_safe=False,
+)

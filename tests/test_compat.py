@@ -1,0 +1,89 @@
+"""What `import fastworker` says about the distributed release it runs next to."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import version
+
+import pytest
+
+import fastworker
+from fastworker.compat import (
+    UnsupportedVersionError,
+    UnsupportedVersionWarning,
+    check_distributed_version,
+    is_supported,
+)
+
+
+def test_installed_release_is_supported():
+    assert version("distributed") in fastworker.SUPPORTED_DISTRIBUTED
+    assert version("dask") in fastworker.SUPPORTED_DASK
+    assert fastworker.DISTRIBUTED_SUPPORTED is True
+    assert check_distributed_version() is True
+
+
+def test_version_string():
+    assert isinstance(fastworker.__version__, str)
+    assert fastworker.__version__.count(".") >= 2
+
+
+def test_pins_match_supported_releases():
+    """The package metadata pins exactly the releases SUPPORTED_* names."""
+    from importlib.metadata import requires
+
+    reqs = {
+        name.strip(): pin.strip()
+        for name, pin in (
+            r.split("==") for r in requires("fastworker") if "==" in r and "extra" not in r
+        )
+    }
+    assert reqs["distributed"] in fastworker.SUPPORTED_DISTRIBUTED
+    assert reqs["dask"] in fastworker.SUPPORTED_DASK
+
+
+@pytest.mark.parametrize("release", ["2024.1.0", "2026.9.0", "2026.8.0.dev1"])
+def test_unsupported_release_warns_and_logs(release, caplog):
+    assert not is_supported(release)
+    with caplog.at_level(logging.WARNING, logger="distributed.fastworker"):
+        with pytest.warns(UnsupportedVersionWarning, match=f"distributed {release} is installed"):
+            assert check_distributed_version(release) is False
+    assert any(
+        r.name == "distributed.fastworker" and "stock worker state machine stays in use" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_unsupported_release_strict_raises():
+    with pytest.raises(UnsupportedVersionError, match="supports distributed 2026.8.0 only"):
+        check_distributed_version("2023.1.0", strict=True)
+
+
+def test_distributed_not_installed_message():
+    with pytest.raises(UnsupportedVersionError, match=r"\(not installed\)"):
+        check_distributed_version("", strict=True)
+
+
+def test_import_next_to_unsupported_release_warns():
+    """A real interpreter whose distributed reports another release: import warns once."""
+    code = textwrap.dedent(
+        """
+        import importlib.metadata as md
+        import warnings
+        real = md.version
+        md.version = lambda name: "2099.1.0" if name == "distributed" else real(name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastworker
+        print(fastworker.DISTRIBUTED_SUPPORTED)
+        print(sum(issubclass(w.category, fastworker.UnsupportedVersionWarning) for w in caught))
+        print(fastworker.TaskState("x"))  # the compiled class still imports
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split("\n")[:3] == ["False", "1", "<TaskState 'x' released>"]
+    assert "distributed 2099.1.0 is installed" in out.stderr

@@ -1,0 +1,493 @@
+"""TaskState parity: every field, default, repr, nbytes, dumps and pickling.
+
+Each test body runs on stock distributed's TaskState and on fastworker's (``impl``);
+the differential tests at the end feed both the same random values.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import weakref
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dask
+from dask.utils import key_split
+from distributed.protocol.serialize import Serialize
+from distributed.utils import recursive_to_dict
+from distributed.worker_state_machine import _default_data_size
+
+from conftest import FASTWORKER, STOCK
+
+STATES = (
+    "cancelled", "constrained", "error", "executing", "fetch", "flight", "forgotten",
+    "long-running", "memory", "missing", "ready", "released", "rescheduled",
+    "resumed", "waiting",
+)
+
+# name -> (default, a non-default value), in the constructor's positional order.
+FIELDS = {
+    "run_id": (-1, 7),
+    "run_spec": (None, "a-run-spec"),
+    "dependencies": (set(), None),  # filled with tasks in the tests that need them
+    "dependents": (set(), None),
+    "waiting_for_data": (set(), None),
+    "waiters": (set(), None),
+    "state": ("released", "memory"),
+    "previous": (None, "flight"),
+    "next": (None, "waiting"),
+    "priority": (None, (-1, 2, 3.5, -4)),
+    "who_has": (set(), {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"}),
+    "coming_from": (None, "tcp://127.0.0.1:1"),
+    "resource_restrictions": ({}, {"GPU": 1.0}),
+    "exception": (None, Serialize(ValueError("boom"))),
+    "traceback": (None, Serialize("tb")),
+    "exception_text": ("", "ValueError('boom')"),
+    "traceback_text": ("", "Traceback ..."),
+    "type": (None, int),
+    "suspicious_count": (0, 3),
+    "startstops": ([], [{"action": "compute", "start": 1.0, "stop": 2.0}]),
+    "start_time": (None, 1.5),
+    "stop_time": (None, 2.5),
+    "metadata": ({}, {"a": 1}),
+    "nbytes": (None, 123),
+    "annotations": (None, {"priority": 2}),
+    "span_id": (None, "span-1"),
+    "done": (False, True),
+}
+SET_OF_TASKS = ("dependencies", "dependents", "waiting_for_data", "waiters")
+MUTABLE_DEFAULTS = ("who_has", "resource_restrictions", "startstops", "metadata", *SET_OF_TASKS)
+
+
+def sample_value(impl, name):
+    if name in SET_OF_TASKS:
+        return {impl.TaskState(f"{name}-dep")}
+    return FIELDS[name][1]
+
+
+# --- fields and defaults -------------------------------------------------------------
+
+def test_field_list_matches_stock():
+    """The table above covers every public field of stock's dataclass."""
+    stock_fields = {
+        name for name in STOCK.TaskState.__dataclass_fields__ if not name.startswith("_")
+    }
+    assert stock_fields == {"key", "prefix", *FIELDS}
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_default(impl, name):
+    ts = impl.TaskState("x")
+    assert getattr(ts, name) == FIELDS[name][0]
+    assert type(getattr(ts, name)) is type(FIELDS[name][0])
+
+
+def test_defaults_equal_stock_dataclass_defaults(fast):
+    """Checked against the stock dataclass itself, so a changed default is caught."""
+    import dataclasses
+
+    ts = fast.TaskState("x")
+    for f in dataclasses.fields(STOCK.TaskState):
+        name = f.name
+        if not f.init or name == "key":
+            continue
+        if f.default is not dataclasses.MISSING:
+            expected = f.default
+        else:
+            expected = f.default_factory()
+        assert getattr(ts, name) == expected, name
+
+
+@pytest.mark.parametrize("name", MUTABLE_DEFAULTS)
+def test_mutable_defaults_are_not_shared(impl, name):
+    a, b = impl.TaskState("a"), impl.TaskState("b")
+    assert getattr(a, name) is not getattr(b, name)
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_keyword_argument(impl, name):
+    value = sample_value(impl, name)
+    ts = impl.TaskState("x", **{name: value})
+    assert getattr(ts, name) == value
+    if isinstance(value, (set, dict, list)):
+        assert getattr(ts, name) is value  # held by reference, like a dataclass
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_attribute_is_writable(impl, name):
+    ts = impl.TaskState("x")
+    value = sample_value(impl, name)
+    setattr(ts, name, value)
+    assert getattr(ts, name) == value
+
+
+def test_positional_arguments_in_stock_order(impl):
+    """Stock's dataclass __init__ takes every field positionally, in declaration order."""
+    values = ["x"] + [sample_value(impl, name) for name in FIELDS]
+    ts = impl.TaskState(*values)
+    assert ts.key == "x"
+    for name, value in zip(FIELDS, values[1:]):
+        assert getattr(ts, name) == value, name
+
+
+@pytest.mark.parametrize("name", ["dependencies", "who_has", "resource_restrictions", "metadata"])
+def test_explicit_none_is_kept(impl, name):
+    """Scheduler messages may carry None (e.g. resource_restrictions); keep it as given."""
+    ts = impl.TaskState("x", **{name: None})
+    assert getattr(ts, name) is None
+
+
+def test_key_is_required(impl):
+    with pytest.raises(TypeError):
+        impl.TaskState()
+
+
+def test_unknown_keyword_is_refused(impl):
+    with pytest.raises(TypeError):
+        impl.TaskState("x", no_such_field=1)
+
+
+def test_no_instance_dict(impl):
+    ts = impl.TaskState("x")
+    assert not hasattr(ts, "__dict__")
+    with pytest.raises(AttributeError):
+        ts.no_such_attribute = 1
+
+
+@pytest.mark.parametrize(
+    "key", ["x", "inc-1234", ("sum-abc", 0, 1), b"bytes-key", 42, 1.5, ("a", ("b", 1))]
+)
+def test_prefix(impl, key):
+    ts = impl.TaskState(key)
+    assert ts.prefix == key_split(key)
+    ts.prefix = "other"
+    assert ts.prefix == "other"
+
+
+# --- states --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_state_name_round_trips(impl, state):
+    ts = impl.TaskState("x", state=state)
+    assert ts.state == state
+    ts.state = "released"
+    ts.state = state
+    assert ts.state == state
+    assert isinstance(ts.state, str)
+
+
+def test_state_strings_equal_stock_literal():
+    from typing import get_args
+
+    from distributed.worker_state_machine import TaskStateState
+
+    assert set(get_args(TaskStateState)) == set(STATES)
+    assert set(FASTWORKER.module.TASK_STATES) == set(STATES)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "Memory", "", 3, None])
+def test_bad_state_string(impl, bad):
+    """fastworker refuses a state it cannot represent; stock stores anything."""
+    if not impl.validates_state_names:
+        ts = impl.TaskState("x", state=bad)
+        assert ts.state == bad
+        return
+    with pytest.raises(ValueError, match="is not a worker task state"):
+        impl.TaskState("x", state=bad)
+    ts = impl.TaskState("x", state="waiting")
+    with pytest.raises(ValueError, match="is not a worker task state"):
+        ts.state = bad
+    assert ts.state == "waiting"  # unchanged after the refused assignment
+
+
+@pytest.mark.parametrize("field", ["previous", "next"])
+def test_bad_previous_next(impl, field):
+    ts = impl.TaskState("x")
+    if not impl.validates_state_names:
+        setattr(ts, field, "bogus")
+        assert getattr(ts, field) == "bogus"
+        return
+    with pytest.raises(ValueError, match="is not a worker task state"):
+        setattr(ts, field, "bogus")
+    assert getattr(ts, field) is None
+    setattr(ts, field, "flight")
+    setattr(ts, field, None)
+    assert getattr(ts, field) is None
+
+
+# --- repr, hash, identity, weakrefs ------------------------------------------------------
+
+def test_repr(impl):
+    ts = impl.TaskState("x")
+    assert repr(ts) == str(ts) == "<TaskState 'x' released>"
+    ts.state = "cancelled"
+    ts.previous = "flight"
+    assert repr(ts) == "<TaskState 'x' cancelled(flight)>"
+    ts.state = "resumed"
+    ts.next = "waiting"
+    assert repr(ts) == "<TaskState 'x' resumed(flight->waiting)>"
+    ts.state = "long-running"
+    assert repr(ts) == "<TaskState 'x' long-running>"
+
+
+@pytest.mark.parametrize("key", [("x", 1), b"x", 3, 1.5])
+def test_repr_non_string_keys(impl, key):
+    assert repr(impl.TaskState(key, state="memory")) == f"<TaskState {key!r} memory>"
+
+
+def test_hash_and_eq_by_identity(impl):
+    a, b = impl.TaskState("x"), impl.TaskState("x")
+    assert a != b
+    assert a == a
+    assert len({a, b}) == 2
+    assert hash(a) != hash(b)
+    a.state = "memory"
+    assert a in {a}  # hash does not depend on mutable fields
+
+
+def test_weakref(impl):
+    ts = impl.TaskState("x")
+    ref = weakref.ref(ts)
+    assert ref() is ts
+    del ts
+    gc.collect()
+    assert ref() is None
+
+
+def test_instances_tracking(impl):
+    gc.collect()
+    before = len(impl.TaskState._instances)
+    x = impl.TaskState("x")
+    assert len(impl.TaskState._instances) == before + 1
+    assert x in impl.TaskState._instances
+    del x
+    gc.collect()
+    assert len(impl.TaskState._instances) == before
+
+
+def test_instances_clear_discard_and_iterate(impl):
+    instances = impl.TaskState._instances
+    x, y = impl.TaskState("x"), impl.TaskState("y")
+    assert {x, y} <= set(instances)
+    instances.discard(x)
+    assert x not in instances and y in instances
+    instances.add(x)
+    assert x in instances
+    instances.clear()
+    assert len(instances) == 0 and x not in instances and list(instances) == []
+    z = impl.TaskState("z")
+    assert list(instances) == [z]
+    del x, y  # untracked tasks die quietly
+    gc.collect()
+    assert len(instances) == 1
+
+
+def test_tasks_alive_at_interpreter_exit():
+    """Tasks still referenced (in cycles, too) when the interpreter exits: no crash."""
+    import subprocess
+    import sys
+
+    code = (
+        "import fastworker\n"
+        "a = fastworker.TaskState('a'); b = fastworker.TaskState('b', dependencies={a})\n"
+        "a.dependents.add(b); keep = [a, b]\n"
+        "cycle = fastworker.TaskState('c'); cycle.dependents.add(cycle)\n"
+        "print(len(fastworker.TaskState._instances))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
+
+
+def test_instances_are_per_implementation():
+    """Stock's leak check (utils_test.check_instances) must not see our tasks."""
+    ts = FASTWORKER.TaskState("x")
+    assert ts not in STOCK.TaskState._instances
+
+
+def test_dependency_graph_links(impl):
+    x = impl.TaskState("x", state="memory")
+    y = impl.TaskState("y", dependencies={x}, waiting_for_data=set())
+    x.dependents.add(y)
+    assert y in x.dependents and x in y.dependencies
+    y.dependencies.discard(x)
+    assert not y.dependencies
+
+
+# --- nbytes ----------------------------------------------------------------------------
+
+def test_get_nbytes(impl):
+    assert impl.TaskState("x", nbytes=123).get_nbytes() == 123
+    assert impl.TaskState("x", nbytes=0).get_nbytes() == 0
+    assert impl.TaskState("y").get_nbytes() == 1024  # default-data-size
+    ts = impl.TaskState("z")
+    ts.nbytes = 2**40
+    assert ts.get_nbytes() == 2**40
+
+
+def test_get_nbytes_follows_default_data_size(impl):
+    """Both read the default through stock's process-wide cache."""
+    _default_data_size.cache_clear()
+    try:
+        with dask.config.set({"distributed.scheduler.default-data-size": "5kB"}):
+            assert impl.TaskState("x").get_nbytes() == 5000
+    finally:
+        _default_data_size.cache_clear()
+    assert impl.TaskState("x").get_nbytes() == 1024
+
+
+# --- dumps -----------------------------------------------------------------------------
+
+def test_to_dict(impl):
+    x = impl.TaskState("x", state="memory", done=True)
+    y = impl.TaskState("y", priority=(0,), dependencies={x})
+    x.dependents.add(y)
+    assert recursive_to_dict([x, y]) == [
+        {
+            "key": "x",
+            "run_id": -1,
+            "state": "memory",
+            "done": True,
+            "dependents": ["<TaskState 'y' released>"],
+        },
+        {
+            "key": "y",
+            "run_id": -1,
+            "state": "released",
+            "dependencies": ["<TaskState 'x' memory>"],
+            "priority": [0],
+        },
+    ]
+
+
+def make_full(impl):
+    """A task with every field set to a truthy value, with graph links."""
+    dep = impl.TaskState("dep", state="memory")
+    kwargs = {name: sample_value(impl, name) for name in FIELDS}
+    kwargs.update(dependencies={dep}, waiting_for_data={dep})
+    ts = impl.TaskState(("full", 1), **kwargs)
+    dep.dependents.add(ts)
+    return ts
+
+
+def test_to_dict_every_field_equals_stock(fast, stock):
+    fast_dict = recursive_to_dict(make_full(fast))
+    stock_dict = recursive_to_dict(make_full(stock))
+    assert fast_dict == stock_dict
+    assert list(fast_dict) == list(stock_dict)  # same order as inspect.getmembers
+    assert "duration" not in fast_dict and "prefix" not in fast_dict
+    # type is callable, so neither dumps it; the rest all show
+    assert set(fast_dict) == {"key", *FIELDS} - {"type"}
+
+
+def test_to_dict_exclude(impl):
+    ts = make_full(impl)
+    out = recursive_to_dict(ts, exclude=("who_has", "priority"))
+    assert "who_has" not in out and "priority" not in out and "key" in out
+
+
+def test_duration_is_kept_out_of_stock_visible_output(fast):
+    ts = fast.TaskState("x", duration=0.25)
+    assert ts.duration == 0.25
+    assert fast.TaskState("y").duration is None
+    ts.duration = 1.5
+    assert ts.duration == 1.5
+    assert "duration" not in recursive_to_dict(ts)
+    assert "1.5" not in repr(ts)
+
+
+# --- pickling and copying -------------------------------------------------------------
+
+def test_pickle_round_trip_every_field(impl):
+    ts = make_full(impl)
+    ts2 = pickle.loads(pickle.dumps(ts))
+    assert type(ts2) is type(ts)
+    assert ts2 is not ts
+    assert recursive_to_dict(ts2) == recursive_to_dict(ts)
+    assert repr(ts2) == repr(ts)
+    assert ts2.prefix == ts.prefix
+    (dep2,) = ts2.dependencies
+    assert dep2.dependents == {ts2}  # cycle restored with identities
+    assert ts2.waiting_for_data == {dep2}
+
+
+def test_pickle_keeps_duration(fast):
+    ts = fast.TaskState("x", duration=0.5)
+    assert pickle.loads(pickle.dumps(ts)).duration == 0.5
+
+
+def test_unpickled_tasks_are_not_tracked(impl):
+    """As in stock, where __post_init__ does not run on unpickling."""
+    ts = impl.TaskState("x")
+    gc.collect()
+    before = len(impl.TaskState._instances)
+    ts2 = pickle.loads(pickle.dumps(ts))
+    assert len(impl.TaskState._instances) == before
+    assert ts2.key == "x"
+
+
+def test_copy(impl):
+    ts = make_full(impl)
+    ts2 = copy.copy(ts)
+    assert ts2 is not ts
+    assert recursive_to_dict(ts2) == recursive_to_dict(ts)
+    assert ts2.who_has is ts.who_has  # shallow
+    ts3 = copy.deepcopy(ts)
+    assert ts3.who_has == ts.who_has and ts3.who_has is not ts.who_has
+
+
+# --- differential: random field values into both -------------------------------------
+
+scalars = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5))
+keys = st.one_of(
+    st.text(min_size=1, max_size=12),
+    st.integers(),
+    st.tuples(st.text(min_size=1, max_size=6), st.integers(0, 9)),
+)
+priorities = st.one_of(
+    st.none(),
+    st.lists(st.one_of(st.integers(), st.floats(allow_nan=False)), min_size=1, max_size=4).map(tuple),
+)
+optional_state = st.one_of(st.none(), st.sampled_from(STATES))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=keys,
+    state=st.sampled_from(STATES),
+    previous=optional_state,
+    next_=optional_state,
+    priority=priorities,
+    run_id=st.integers(-1, 2**40),
+    nbytes=st.one_of(st.none(), st.integers(0, 2**50)),
+    who_has=st.sets(st.text(max_size=8), max_size=3),
+    done=st.booleans(),
+    start_time=scalars,
+    span_id=st.one_of(st.none(), st.text(max_size=8)),
+    metadata=st.dictionaries(st.text(max_size=4), scalars, max_size=3),
+)
+def test_differential_random_fields(
+    key, state, previous, next_, priority, run_id, nbytes, who_has, done, start_time,
+    span_id, metadata,
+):
+    kwargs = dict(
+        state=state, previous=previous, next=next_, priority=priority, run_id=run_id,
+        nbytes=nbytes, who_has=who_has, done=done, start_time=start_time,
+        span_id=span_id, metadata=metadata,
+    )
+    a, b = STOCK.TaskState(key, **kwargs), FASTWORKER.TaskState(key, **kwargs)
+    assert repr(a) == repr(b)
+    assert recursive_to_dict(a) == recursive_to_dict(b)
+    assert a.get_nbytes() == b.get_nbytes()
+    assert a.prefix == b.prefix
+    b2 = pickle.loads(pickle.dumps(b))
+    assert repr(b2) == repr(b)
+    # a rebuilt set may iterate in another order: compare the dumps with sets sorted
+    dump_b, dump_b2 = recursive_to_dict(b), recursive_to_dict(b2)
+    for dump in (dump_b, dump_b2):
+        if "who_has" in dump:
+            dump["who_has"] = sorted(dump["who_has"])
+    assert dump_b2 == dump_b
