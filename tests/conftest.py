@@ -22,6 +22,8 @@ class Implementation:
     name: str
     module: ModuleType
     TaskState: type
+    #: None while the implementation has no compiled WorkerState yet.
+    WorkerState: type | None
     #: Whether setting an unknown state name is refused (stock accepts any string).
     validates_state_names: bool
 
@@ -33,12 +35,14 @@ STOCK = Implementation(
     name="stock",
     module=stock_wsm,
     TaskState=stock_wsm.TaskState,
+    WorkerState=stock_wsm.WorkerState,
     validates_state_names=False,
 )
 FASTWORKER = Implementation(
     name="fastworker",
     module=fastworker,
     TaskState=fastworker.TaskState,
+    WorkerState=getattr(fastworker, "WorkerState", None),
     validates_state_names=True,
 )
 IMPLEMENTATIONS = (STOCK, FASTWORKER)
@@ -58,3 +62,26 @@ def stock() -> Implementation:
 @pytest.fixture
 def fast() -> Implementation:
     return FASTWORKER
+
+
+@pytest.fixture
+def ws_impl(impl) -> Implementation:
+    """Like ``impl``, for tests that need a WorkerState; skips an implementation
+    that does not have one yet."""
+    if impl.WorkerState is None:
+        pytest.skip(f"{impl.name} has no WorkerState yet")
+    return impl
+
+
+@pytest.fixture
+def ws(ws_impl):
+    """A fresh WorkerState of each implementation, set up as distributed's own ``ws``
+    fixture does (validate on, unbounded logs, transition_counter_max=50_000);
+    ``validate_state()`` runs at teardown."""
+    import dask
+
+    with dask.config.set({"distributed.admin.low-level-log-length": None}):
+        state = ws_impl.WorkerState(address="127.0.0.1:1", transition_counter_max=50_000)
+    yield state
+    if state.validate:
+        state.validate_state()
