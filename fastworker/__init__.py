@@ -19,6 +19,7 @@ from fastworker.compat import (
 DISTRIBUTED_SUPPORTED: bool = check_distributed_version()
 
 from fastworker.taskstate import TASK_STATES, TaskState  # noqa: E402
+from fastworker.workerstate import WorkerState  # noqa: E402
 
 __all__ = [
     "DISTRIBUTED_SUPPORTED",
@@ -28,6 +29,7 @@ __all__ = [
     "TaskState",
     "UnsupportedVersionError",
     "UnsupportedVersionWarning",
+    "WorkerState",
     "__version__",
     "check_distributed_version",
     "is_supported",
