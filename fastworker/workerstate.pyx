@@ -60,7 +60,6 @@ from distributed.worker_state_machine import (
     SecedeEvent,
     StealRequestEvent,
     StealResponseMsg,
-    TaskCounter,
     TaskErredMsg,
     TaskFinishedMsg,
     TransitionCounterMaxExceeded,
@@ -70,7 +69,7 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import TaskState as StockTaskState
 
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from fastworker.taskstate cimport (
     STATE_NAMES,
@@ -97,6 +96,9 @@ from fastworker.taskstate cimport (
 
 __all__ = ["WorkerState"]
 
+cdef class TaskCounter
+
+
 # Same logger as stock, so that users' and tests' log capture keeps working.
 logger = logging.getLogger("distributed.worker.state_machine")
 
@@ -108,6 +110,13 @@ cdef inline double _now() noexcept:
     """Wall-clock seconds, as distributed.metrics.time on this platform (time.time)."""
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _monotonic() noexcept:
+    """As distributed.metrics.monotonic on this platform (time.monotonic)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
@@ -361,7 +370,10 @@ cdef class WorkerState:
         recs, instr = self._ensure_communicating(stimulus_id)
         instructions += instr
         self._process_recs(recs, instructions, initial_states, stimulus_id)
-        self.task_counter.transitions(initial_states)
+        if type(self.task_counter) is TaskCounter:
+            (<TaskCounter>self.task_counter).transitions_c(initial_states)
+        else:
+            self.task_counter.transitions(initial_states)
         if self.validate:
             for ts in initial_states:
                 self.validate_task(ts)
@@ -1613,6 +1625,91 @@ _PICKLED = (
     "transition_counter", "transition_counter_max", "transfer_incoming_bytes_limit",
     "actors", "rng",
 )
+
+
+cdef class TaskCounter:
+    """Counts tasks by (prefix, state) and the time they spent there.
+
+    Same API and bookkeeping as distributed's ``TaskCounter`` (which the Worker's
+    heartbeat and metrics read), driven at C level once per stimulus.
+    """
+    cdef public object _previous_ts
+    cdef public object _current_count
+    cdef public set _new_tasks
+    cdef public object _cumulative_elapsed
+
+    def __init__(self):
+        self._previous_ts = None
+        self._current_count = Counter()
+        self._new_tasks = set()
+        self._cumulative_elapsed = defaultdict(float)
+
+    def current_count(self, by_prefix=True):
+        """Tasks per (prefix, state), or per state if not ``by_prefix``."""
+        if by_prefix:
+            return self._current_count
+        out = Counter()
+        for (_, state), n in self._current_count.items():
+            out[state] += n
+        return out
+
+    def cumulative_elapsed(self, by_prefix=True):
+        """Seconds x tasks spent per (prefix, state), or per state."""
+        if self._current_count:
+            assert self._previous_ts is not None
+            now = _monotonic()
+            self._accumulate(now - self._previous_ts)
+            self._previous_ts = now
+        if by_prefix:
+            return self._cumulative_elapsed
+        out = defaultdict(float)
+        for (_, state), n in self._cumulative_elapsed.items():
+            out[state] += n
+        return out
+
+    cdef void _accumulate(self, double elapsed) except *:
+        cumulative = self._cumulative_elapsed
+        for k, n_tasks in self._current_count.items():
+            cumulative[k] += elapsed * n_tasks
+
+    def new_task(self, ts):
+        self._new_tasks.add(ts)
+
+    def transitions(self, prev_states):
+        """Account for the tasks whose state changed from ``prev_states``."""
+        self.transitions_c(prev_states)
+
+    cdef int transitions_c(self, dict prev_states) except -1:
+        cdef TaskState ts
+        cdef object counts
+        if not prev_states and not self._new_tasks:
+            return 0
+        now = _monotonic()
+        if self._current_count:
+            assert self._previous_ts is not None
+            self._accumulate(now - self._previous_ts)
+        self._previous_ts = now
+        counts = self._current_count  # a Counter: missing keys read as 0 via get()
+        for ts, prev_state in prev_states.items():
+            prefix = ts.get_prefix()
+            if ts._state != TS_FORGOTTEN:
+                k = (prefix, _name(ts._state))
+                counts[k] = counts.get(k, 0) + 1
+            if ts in self._new_tasks:
+                self._new_tasks.discard(ts)
+            else:
+                k = (prefix, prev_state)
+                dec_count = counts.get(k, 0) - 1
+                if dec_count > 0:
+                    counts[k] = dec_count
+                else:
+                    assert dec_count == 0
+                    del counts[k]
+        for ts in self._new_tasks:
+            k = (ts.get_prefix(), _name(ts._state))
+            counts[k] = counts.get(k, 0) + 1
+        self._new_tasks.clear()
+        return 0
 
 
 def _new_empty_state(cls):
