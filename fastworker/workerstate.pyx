@@ -197,6 +197,110 @@ cdef int _event_code(object cls) except -1:
     return 0
 
 
+# --- stimulus log entries ------------------------------------------------------------
+# Stock logs ``stim.to_loggable(handled=...)``: the event itself, or for four event
+# classes a ``copy.copy`` with the bulky payload blanked. copy.copy of a slotted
+# dataclass goes through __reduce_ex__ and copyreg; the same shallow copy is made
+# here slot by slot. Classes whose to_loggable is not one of the known ones (user
+# subclasses) are asked to make their own entry.
+cdef enum LoggableKind:
+    LOG_OWN = 0          # call stim.to_loggable
+    LOG_IN_PLACE         # StateMachineEvent.to_loggable: set handled, log the event
+    LOG_NO_RUN_SPEC      # ComputeTaskEvent: copy, run_spec = None
+    LOG_NO_VALUE         # ExecuteSuccessEvent: copy, value = None
+    LOG_DATA_KEYS        # GatherDepSuccessEvent / UpdateDataEvent: copy, data values None
+
+cdef dict _LOGGABLE = {}  # event class -> (LoggableKind, slot names)
+
+
+cdef tuple _loggable_kind(object cls):
+    import copyreg
+
+    from distributed.worker_state_machine import StateMachineEvent
+
+    method = cls.to_loggable
+    if method is StateMachineEvent.to_loggable:
+        kind = LOG_IN_PLACE
+    elif method is ComputeTaskEvent.to_loggable and cls._clean is ComputeTaskEvent._clean:
+        kind = LOG_NO_RUN_SPEC
+    elif method is ExecuteSuccessEvent.to_loggable:
+        kind = LOG_NO_VALUE
+    elif method is GatherDepSuccessEvent.to_loggable or method is UpdateDataEvent.to_loggable:
+        kind = LOG_DATA_KEYS
+    else:
+        kind = LOG_OWN
+    # copy.copy of these objects: a new instance with the slots that are set
+    if "__dict__" in dir(cls) and cls.__dictoffset__:
+        kind = LOG_OWN  # has an instance __dict__ too: leave it to copy.copy
+    entry = (kind, tuple(copyreg._slotnames(cls)))
+    _LOGGABLE[cls] = entry
+    return entry
+
+
+cdef object _shallow_copy(object obj, tuple slots):
+    cls = type(obj)
+    out = cls.__new__(cls)
+    for name in slots:
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            continue
+        setattr(out, name, value)
+    return out
+
+
+cdef object _to_loggable(object stim, object handled):
+    cls = type(stim)
+    entry = _LOGGABLE.get(cls)
+    if entry is None:
+        entry = _loggable_kind(cls)
+    cdef int kind = (<tuple>entry)[0]
+    if kind == LOG_IN_PLACE:
+        stim.handled = handled
+        return stim
+    if kind == LOG_OWN:
+        return stim.to_loggable(handled=handled)
+    out = _shallow_copy(stim, (<tuple>entry)[1])
+    if kind == LOG_NO_RUN_SPEC:
+        out.run_spec = None
+        out.handled = handled
+    elif kind == LOG_NO_VALUE:
+        out.handled = handled
+        out.value = None
+    else:
+        out.handled = handled
+        out.data = dict.fromkeys(stim.data)
+    return out
+
+
+# --- instructions ----------------------------------------------------------------------
+# Instructions are distributed's own dataclasses. Their generated __init__ only stores
+# the fields, so the hot ones are filled in slot by slot, without a Python frame.
+cdef inline object _execute(object key, object stimulus_id):
+    out = Execute.__new__(Execute)
+    out.key = key
+    out.stimulus_id = stimulus_id
+    return out
+
+
+# pickle.dumps(type) for TaskFinishedMsg goes through inspect.getmodule; for builtin
+# types the result never changes, so it is kept.
+cdef dict _PICKLED_BUILTIN_TYPES = {}
+
+
+cdef object _pickled_type(object typ):
+    out = _PICKLED_BUILTIN_TYPES.get(typ)
+    if out is not None:
+        return out
+    try:
+        out = pickle.dumps(typ)
+    except Exception:
+        out = pickle.dumps(typename(typ))
+    if getattr(typ, "__module__", None) == "builtins":
+        _PICKLED_BUILTIN_TYPES[typ] = out
+    return out
+
+
 def _new_heap():
     return HeapSet(key=operator.attrgetter("priority"))
 
@@ -337,7 +441,7 @@ cdef class WorkerState:
         handled = _now()
         for stim in stims:
             if not isinstance(stim, FindMissingEvent):
-                self.stimulus_log.append(stim.to_loggable(handled=handled))
+                self.stimulus_log.append(_to_loggable(stim, handled))
             if self._py_handle_event:
                 recs, instr = self._handle_event(stim)
             else:
@@ -583,7 +687,7 @@ cdef class WorkerState:
                 for dep in ts.dependencies:
                     assert dep.key in self.data or dep.key in self.actors
             ts._state = TS_EXECUTING
-            return {}, [Execute(key=ts.key, stimulus_id=sid)]
+            return {}, [_execute(ts.key, sid)]
         if pair == _pair(TS_CONSTRAINED, TS_RELEASED) or pair == _pair(TS_ERROR, TS_RELEASED) \
                 or pair == _pair(TS_READY, TS_RELEASED) or pair == _pair(TS_WAITING, TS_RELEASED):
             return self._generic_released(ts)
@@ -1057,10 +1161,7 @@ cdef class WorkerState:
             assert ts.key in self.data or ts.key in self.actors
             assert ts.type is not None
         assert ts.nbytes is not None
-        try:
-            type_serialized = pickle.dumps(ts.type)
-        except Exception:
-            type_serialized = pickle.dumps(typename(ts.type))
+        type_serialized = _pickled_type(ts.type)
         return TaskFinishedMsg(
             key=ts.key,
             run_id=run_id,
