@@ -49,6 +49,7 @@ cdef class WorkerState:
     cdef bint _py_transition
     cdef bint _py_handle_event
     cdef bint _py_transitions
+    cdef bint _debug
 
     # --- the machine ---
     cdef list _handle_stimuli(self, tuple stims)

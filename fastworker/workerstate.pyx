@@ -438,6 +438,8 @@ cdef class WorkerState:
 
     cdef list _handle_stimuli(self, tuple stims):
         cdef list instructions = []
+        # Read the log level once per call, not once per debug message site.
+        self._debug = logger.isEnabledFor(logging.DEBUG)
         handled = _now()
         for stim in stims:
             if not isinstance(stim, FindMissingEvent):
@@ -944,7 +946,7 @@ cdef class WorkerState:
             ts = TaskState(key)
             self.tasks[key] = ts
             self.task_counter.new_task(ts)
-        elif logger.isEnabledFor(logging.DEBUG):
+        elif self._debug:
             logger.debug("Data task %s already known (stimulus_id=%s)", ts, stimulus_id)
         if not ts.priority:
             assert priority
@@ -983,7 +985,7 @@ cdef class WorkerState:
     cdef int _purge_state(self, TaskState ts) except -1:
         cdef TaskState dep
         key = ts.key
-        if logger.isEnabledFor(logging.DEBUG):
+        if self._debug:
             logger.debug("Purge task: %s", ts)
         if key in self.data:
             del self.data[key]
@@ -1053,7 +1055,7 @@ cdef class WorkerState:
             if not to_gather:
                 break
             to_gather_keys = {ts.key for ts in to_gather}
-            if logger.isEnabledFor(logging.DEBUG):
+            if self._debug:
                 logger.debug(
                     "Gathering %d tasks from %s; %d more remain. Pending workers: %d; "
                     "connections: %d/%d; busy: %d",
@@ -1355,7 +1357,7 @@ cdef class WorkerState:
             ts = TaskState(key)
             self.tasks[key] = ts
             self.task_counter.new_task(ts)
-        elif logger.isEnabledFor(logging.DEBUG):
+        elif self._debug:
             logger.debug(
                 "Asked to compute an already known task %s", {"task": ts, "stimulus_id": sid}
             )
@@ -1728,50 +1730,78 @@ _PICKLED = (
 )
 
 
-cdef class TaskCounter:
-    """Counts tasks by (prefix, state) and the time they spent there.
+cdef class _PrefixCounts:
+    """Per task prefix: how many tasks are in each state, and since when."""
+    cdef Py_ssize_t n[16]
+    cdef double since[16]      # when n last changed
+    cdef double elapsed[16]    # task-seconds accumulated up to ``since``
+    cdef bint seen[16]         # ever counted: shown by cumulative_elapsed()
 
-    Same API and bookkeeping as distributed's ``TaskCounter`` (which the Worker's
-    heartbeat and metrics read), driven at C level once per stimulus.
+    cdef inline void change(self, int state, Py_ssize_t delta, double now) noexcept:
+        self.elapsed[state] += (now - self.since[state]) * self.n[state]
+        self.since[state] = now
+        self.n[state] += delta
+        self.seen[state] = True
+
+    cdef inline double elapsed_until(self, int state, double now) noexcept:
+        return self.elapsed[state] + (now - self.since[state]) * self.n[state]
+
+
+cdef class TaskCounter:
+    """Counts tasks by (prefix, state) and the task-seconds spent there.
+
+    Same API as distributed's ``TaskCounter`` (read by the Worker's heartbeat,
+    metrics and cluster dumps): ``new_task``, ``transitions``, ``current_count`` and
+    ``cumulative_elapsed``. Counts live in C arrays per prefix, and elapsed time is
+    integrated per (prefix, state) when its count changes, so a stimulus costs
+    O(tasks it touched) instead of O(all (prefix, state) pairs).
     """
-    cdef public object _previous_ts
-    cdef public object _current_count
-    cdef public set _new_tasks
-    cdef public object _cumulative_elapsed
+    cdef dict _prefixes      # prefix -> _PrefixCounts
+    cdef set _new_tasks
 
     def __init__(self):
-        self._previous_ts = None
-        self._current_count = Counter()
+        self._prefixes = {}
         self._new_tasks = set()
-        self._cumulative_elapsed = defaultdict(float)
+
+    cdef inline _PrefixCounts _counts_for(self, object prefix):
+        counts = self._prefixes.get(prefix)
+        if counts is None:
+            counts = _PrefixCounts()
+            self._prefixes[prefix] = counts
+        return <_PrefixCounts>counts
 
     def current_count(self, by_prefix=True):
         """Tasks per (prefix, state), or per state if not ``by_prefix``."""
-        if by_prefix:
-            return self._current_count
+        cdef _PrefixCounts counts
+        cdef int state
         out = Counter()
-        for (_, state), n in self._current_count.items():
-            out[state] += n
+        for prefix, counts in self._prefixes.items():
+            for state in range(<int>TS_NONE):
+                if counts.n[state]:
+                    if by_prefix:
+                        out[prefix, _name(state)] = counts.n[state]
+                    else:
+                        out[_name(state)] += counts.n[state]
         return out
+
+    @property
+    def _current_count(self):
+        return self.current_count()
 
     def cumulative_elapsed(self, by_prefix=True):
-        """Seconds x tasks spent per (prefix, state), or per state."""
-        if self._current_count:
-            assert self._previous_ts is not None
-            now = _monotonic()
-            self._accumulate(now - self._previous_ts)
-            self._previous_ts = now
-        if by_prefix:
-            return self._cumulative_elapsed
+        """Task-seconds spent per (prefix, state), or per state."""
+        cdef _PrefixCounts counts
+        cdef int state
+        cdef double now = _monotonic()
         out = defaultdict(float)
-        for (_, state), n in self._cumulative_elapsed.items():
-            out[state] += n
+        for prefix, counts in self._prefixes.items():
+            for state in range(<int>TS_NONE):
+                if counts.seen[state]:
+                    if by_prefix:
+                        out[prefix, _name(state)] = counts.elapsed_until(state, now)
+                    else:
+                        out[_name(state)] += counts.elapsed_until(state, now)
         return out
-
-    cdef void _accumulate(self, double elapsed) except *:
-        cumulative = self._cumulative_elapsed
-        for k, n_tasks in self._current_count.items():
-            cumulative[k] += elapsed * n_tasks
 
     def new_task(self, ts):
         self._new_tasks.add(ts)
@@ -1782,33 +1812,23 @@ cdef class TaskCounter:
 
     cdef int transitions_c(self, dict prev_states) except -1:
         cdef TaskState ts
-        cdef object counts
+        cdef _PrefixCounts counts
+        cdef int state
         if not prev_states and not self._new_tasks:
             return 0
-        now = _monotonic()
-        if self._current_count:
-            assert self._previous_ts is not None
-            self._accumulate(now - self._previous_ts)
-        self._previous_ts = now
-        counts = self._current_count  # a Counter: missing keys read as 0 via get()
+        cdef double now = _monotonic()
         for ts, prev_state in prev_states.items():
-            prefix = ts.get_prefix()
+            counts = self._counts_for(ts.get_prefix())
             if ts._state != TS_FORGOTTEN:
-                k = (prefix, _name(ts._state))
-                counts[k] = counts.get(k, 0) + 1
+                counts.change(ts._state, 1, now)
             if ts in self._new_tasks:
                 self._new_tasks.discard(ts)
             else:
-                k = (prefix, prev_state)
-                dec_count = counts.get(k, 0) - 1
-                if dec_count > 0:
-                    counts[k] = dec_count
-                else:
-                    assert dec_count == 0
-                    del counts[k]
+                state = state_code(prev_state)
+                assert counts.n[state] > 0
+                counts.change(state, -1, now)
         for ts in self._new_tasks:
-            k = (ts.get_prefix(), _name(ts._state))
-            counts[k] = counts.get(k, 0) + 1
+            self._counts_for(ts.get_prefix()).change(ts._state, 1, now)
         self._new_tasks.clear()
         return 0
 
