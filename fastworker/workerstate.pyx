@@ -276,28 +276,76 @@ cdef object _to_loggable(object stim, object handled):
 # --- instructions ----------------------------------------------------------------------
 # Instructions are distributed's own dataclasses. Their generated __init__ only stores
 # the fields, so the hot ones are filled in slot by slot, without a Python frame.
+cdef bint _FAST_EXECUTE = _plain_dataclass(Execute, ("stimulus_id", "key"))
+
+
 cdef inline object _execute(object key, object stimulus_id):
+    if not _FAST_EXECUTE:
+        return Execute(key=key, stimulus_id=stimulus_id)
     out = Execute.__new__(Execute)
     out.key = key
     out.stimulus_id = stimulus_id
     return out
 
 
-# pickle.dumps(type) for TaskFinishedMsg goes through inspect.getmodule; for builtin
-# types the result never changes, so it is kept.
-cdef dict _PICKLED_BUILTIN_TYPES = {}
+# TaskFinishedMsg carries pickle.dumps(type) (which goes through inspect.getmodule)
+# and typename(type); for builtin types neither ever changes, so both are kept.
+cdef dict _TYPE_INFO = {}
 
 
-cdef object _pickled_type(object typ):
-    out = _PICKLED_BUILTIN_TYPES.get(typ)
-    if out is not None:
-        return out
+cdef tuple _type_info(object typ):
+    info = _TYPE_INFO.get(typ)
+    if info is not None:
+        return <tuple>info
     try:
-        out = pickle.dumps(typ)
+        pickled = pickle.dumps(typ)
     except Exception:
-        out = pickle.dumps(typename(typ))
+        pickled = pickle.dumps(typename(typ))
+    info = (pickled, typename(typ))
     if getattr(typ, "__module__", None) == "builtins":
-        _PICKLED_BUILTIN_TYPES[typ] = out
+        _TYPE_INFO[typ] = info
+    return <tuple>info
+
+
+cdef bint _plain_dataclass(object cls, tuple fields):
+    """Whether cls(**fields) only stores its fields (no custom __init__/__post_init__)."""
+    import dataclasses
+
+    return (
+        dataclasses.is_dataclass(cls)
+        and tuple(f.name for f in dataclasses.fields(cls)) == fields
+        and not hasattr(cls, "__post_init__")
+        and getattr(cls.__init__, "__qualname__", "") == f"{cls.__qualname__}.__init__"
+    )
+
+
+cdef tuple _TASK_FINISHED_FIELDS = (
+    "stimulus_id", "key", "run_id", "nbytes", "type", "typename", "metadata", "thread",
+    "startstops",
+)
+cdef bint _FAST_TASK_FINISHED = _plain_dataclass(TaskFinishedMsg, _TASK_FINISHED_FIELDS)
+
+
+cdef object _task_finished_msg(object key, object run_id, object nbytes, object typ,
+                               object metadata, object thread, object startstops,
+                               object stimulus_id):
+    pickled, name = _type_info(typ)
+    if not _FAST_TASK_FINISHED:
+        return TaskFinishedMsg(
+            key=key, run_id=run_id, nbytes=nbytes, type=pickled, typename=name,
+            metadata=metadata, thread=thread, startstops=startstops,
+            stimulus_id=stimulus_id,
+        )
+    out = TaskFinishedMsg.__new__(TaskFinishedMsg)
+    out.stimulus_id = stimulus_id
+    out.key = key
+    out.run_id = run_id
+    out.nbytes = nbytes
+    out.type = pickled
+    out.typename = name
+    out.metadata = metadata
+    out.thread = thread
+    out.startstops = startstops
     return out
 
 
@@ -1163,17 +1211,9 @@ cdef class WorkerState:
             assert ts.key in self.data or ts.key in self.actors
             assert ts.type is not None
         assert ts.nbytes is not None
-        type_serialized = _pickled_type(ts.type)
-        return TaskFinishedMsg(
-            key=ts.key,
-            run_id=run_id,
-            nbytes=ts.nbytes,
-            type=type_serialized,
-            typename=typename(ts.type),
-            metadata=ts.metadata,
-            thread=self.threads.get(ts.key),
-            startstops=ts.startstops,
-            stimulus_id=stimulus_id,
+        return _task_finished_msg(
+            ts.key, run_id, ts.nbytes, ts.type, ts.metadata, self.threads.get(ts.key),
+            ts.startstops, stimulus_id,
         )
 
     # --- events ---------------------------------------------------------------------------
@@ -1894,3 +1934,9 @@ cdef class _GatherOrder:
                 self.current = (worker, tasks)
                 return worker, tasks
         raise StopIteration
+
+
+def _fast_paths():
+    """Which instructions are built slot by slot (True) rather than through their
+    dataclass __init__; both give equal objects. For tests and diagnostics."""
+    return {"Execute": _FAST_EXECUTE, "TaskFinishedMsg": _FAST_TASK_FINISHED}
