@@ -103,6 +103,21 @@ cdef class TaskCounter
 logger = logging.getLogger("distributed.worker.state_machine")
 
 cdef object _RUN_ID_SENTINEL = -1
+
+# Most transitions and events recommend nothing and instruct nothing. They return
+# these shared empties instead of a fresh dict, list and tuple each (fewer objects
+# for the garbage collector). Internal callers only read what a transition returns;
+# the Python-facing _transition/_handle_event hand out fresh copies.
+cdef dict _NO_RECS = {}
+cdef list _NO_INSTR = []
+cdef tuple _NOTHING = (_NO_RECS, _NO_INSTR)
+
+
+cdef inline tuple _fresh(tuple result):
+    recs, instructions = result
+    if recs is _NO_RECS or instructions is _NO_INSTR:
+        return dict(recs), list(instructions)
+    return result
 cdef object _EMPTY_TUPLE = ()
 
 
@@ -505,7 +520,7 @@ cdef class WorkerState:
 
     def _handle_event(self, ev):
         """Dispatch one event to its handler; return (recommendations, instructions)."""
-        return self._handle_event_c(ev)
+        return _fresh(self._handle_event_c(ev))
 
     def _transitions(self, recommendations, *, stimulus_id):
         """Process recommendations until none are left; return the instructions."""
@@ -513,7 +528,7 @@ cdef class WorkerState:
 
     def _transition(self, ts, finish, *args, stimulus_id):
         """Transition one task to ``finish`` (a state name or a (state, *args) tuple)."""
-        return self._transition_c(ts, finish, args, stimulus_id)
+        return _fresh(self._transition_c(ts, finish, args, stimulus_id))
 
     # --- recommendations -----------------------------------------------------------------
 
@@ -560,7 +575,7 @@ cdef class WorkerState:
         cdef int start_code = ts._state
         cdef int finish_code = state_code(finish)
         if start_code == finish_code:
-            return {}, []
+            return _NOTHING
         start = _name(start_code)
         self.transition_counter += 1
         if self.transition_counter_max and self.transition_counter >= self.transition_counter_max:
@@ -569,6 +584,7 @@ cdef class WorkerState:
         result = self._dispatch(ts, start_code, finish_code, args, stimulus_id)
         if result is not None:
             recs, instructions = result
+            recs_instr = result
             if self.plugins:
                 self._notify_transition(ts.key, start, finish)
         elif start_code != TS_RELEASED and finish_code != TS_RELEASED:
@@ -595,6 +611,7 @@ cdef class WorkerState:
                 )
             except (InvalidTransition, RecommendationsConflict) as e:
                 raise InvalidTransition(ts.key, start, finish, self.story(ts)) from e
+            recs_instr = (recs, instructions)
         else:
             raise InvalidTransition(ts.key, start, finish, self.story(ts))
 
@@ -605,7 +622,7 @@ cdef class WorkerState:
         self.log.append(
             (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
         )
-        return recs, instructions
+        return recs_instr
 
     cdef void _notify_transition(self, object key, object start, object finish) except *:
         for name, plugin in self.plugins.items():
@@ -628,28 +645,28 @@ cdef class WorkerState:
                 or pair == _pair(TS_CANCELLED, TS_MEMORY) or pair == _pair(TS_CANCELLED, TS_MISSING) \
                 or pair == _pair(TS_CANCELLED, TS_RESCHEDULED):
             if not ts.done:
-                return {}, []
+                return _NOTHING
             ts._previous = TS_NONE
             ts.done = False
             return self._generic_released(ts)
         if pair == _pair(TS_CANCELLED, TS_FETCH):
             if ts._previous == TS_FLIGHT:
                 if ts.done:
-                    return {ts: "released"}, []
+                    return {ts: "released"}, _NO_INSTR
                 ts._state = TS_FLIGHT
                 ts._previous = TS_NONE
-                return {}, []
+                return _NOTHING
             assert _ran_in_thread(ts._previous)
             assert not ts.done
             ts._state = TS_RESUMED
             ts._next = TS_FETCH
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_CANCELLED, TS_WAITING):
             assert not ts.done
             if ts._previous == TS_EXECUTING:
                 ts._state = TS_EXECUTING
                 ts._previous = TS_NONE
-                return {}, []
+                return _NOTHING
             if ts._previous == TS_LONG_RUNNING:
                 ts._state = TS_LONG_RUNNING
                 ts._previous = TS_NONE
@@ -659,7 +676,7 @@ cdef class WorkerState:
             assert ts._previous == TS_FLIGHT
             ts._state = TS_RESUMED
             ts._next = TS_WAITING
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_CANCELLED, TS_LONG_RUNNING) or pair == _pair(TS_RESUMED, TS_LONG_RUNNING):
             assert _ran_in_thread(ts._previous)
             ts._previous = TS_LONG_RUNNING
@@ -681,7 +698,7 @@ cdef class WorkerState:
             ts.done = False
             ts._previous = TS_NONE
             ts._next = TS_NONE
-            return recs, []
+            return recs, _NO_INSTR
         if pair == _pair(TS_RESUMED, TS_RESCHEDULED):
             assert ts.done
             assert _ran_in_thread(ts._previous)
@@ -690,7 +707,7 @@ cdef class WorkerState:
             ts.done = False
             ts._previous = TS_NONE
             ts._next = TS_NONE
-            return {ts: "fetch"}, []
+            return {ts: "fetch"}, _NO_INSTR
         if pair == _pair(TS_RESUMED, TS_FETCH):
             if ts._previous == TS_FLIGHT:
                 if v:
@@ -700,7 +717,7 @@ cdef class WorkerState:
                     ts.done = False
                     ts._previous = TS_NONE
                     ts._next = TS_NONE
-                    return {ts: "waiting"}, []
+                    return {ts: "waiting"}, _NO_INSTR
                 ts._state = TS_FLIGHT
                 ts._previous = TS_NONE
                 ts._next = TS_NONE
@@ -708,7 +725,7 @@ cdef class WorkerState:
                 assert _ran_in_thread(ts._previous)
                 assert ts._next == TS_FETCH
                 assert not ts.done
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_RESUMED, TS_MEMORY):
             if _ran_in_thread(ts._previous):
                 assert ts._next == TS_FETCH
@@ -724,7 +741,7 @@ cdef class WorkerState:
             assert not ts.done
             ts._state = TS_CANCELLED
             ts._next = TS_NONE
-            return {}, []
+            return _NOTHING
 
         # --- ready / constrained / waiting ---
         if pair == _pair(TS_READY, TS_EXECUTING) or pair == _pair(TS_CONSTRAINED, TS_EXECUTING):
@@ -745,7 +762,7 @@ cdef class WorkerState:
             if v:
                 self._validate_waiting_to_runnable(ts)
             if ts.resource_restrictions:
-                return {ts: "constrained"}, []
+                return {ts: "constrained"}, _NO_INSTR
             ts._state = TS_READY
             assert ts.priority is not None
             self.waiting.remove(ts)
@@ -781,7 +798,7 @@ cdef class WorkerState:
                 assert not ts.done
             ts._previous = ts._state
             ts._state = TS_CANCELLED
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_EXECUTING, TS_RESCHEDULED) or pair == _pair(TS_LONG_RUNNING, TS_RESCHEDULED):
             assert ts.done
             return merge_recs_instructions(
@@ -800,7 +817,7 @@ cdef class WorkerState:
             ts.coming_from = args[0]
             self.in_flight_tasks.add(ts)
             self.fetch_count -= 1
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_FETCH, TS_MISSING):
             self.fetch_count -= 1
             return self._generic_missing(ts)
@@ -809,7 +826,7 @@ cdef class WorkerState:
             return self._generic_released(ts)
         if pair == _pair(TS_FLIGHT, TS_FETCH):
             if not ts.done:
-                return {}, []
+                return _NOTHING
             return self._generic_fetch(ts)
         if pair == _pair(TS_FLIGHT, TS_MEMORY):
             return self._to_memory(ts, args[0], MSG_ADD_KEYS, _RUN_ID_SENTINEL, sid)
@@ -821,12 +838,12 @@ cdef class WorkerState:
             ts._previous = TS_FLIGHT
             ts._next = TS_NONE
             ts._state = TS_CANCELLED
-            return {}, []
+            return _NOTHING
         if pair == _pair(TS_MISSING, TS_FETCH):
             if v:
                 assert ts._state == TS_MISSING
             if not ts.who_has:
-                return {}, []
+                return _NOTHING
             self.missing_dep_flight.discard(ts)
             return self._generic_fetch(ts)
         if pair == _pair(TS_MISSING, TS_RELEASED):
@@ -843,9 +860,8 @@ cdef class WorkerState:
         if pair == _pair(TS_MEMORY, TS_RELEASED):
             assert ts.nbytes is not None
             self.nbytes -= ts.nbytes
-            recs, instructions = self._generic_released(ts)
-            instructions.append(ReleaseWorkerDataMsg(key=ts.key, stimulus_id=sid))
-            return recs, instructions
+            recs = self._generic_released(ts)[0]
+            return recs, [ReleaseWorkerDataMsg(key=ts.key, stimulus_id=sid)]
         if pair == _pair(TS_RELEASED, TS_FETCH):
             if v:
                 assert ts._state == TS_RELEASED
@@ -864,7 +880,7 @@ cdef class WorkerState:
 
     cdef tuple _generic_fetch(self, TaskState ts):
         if not ts.who_has:
-            return {ts: "missing"}, []
+            return {ts: "missing"}, _NO_INSTR
         ts._state = TS_FETCH
         ts.done = False
         self.fetch_count += 1
@@ -872,7 +888,7 @@ cdef class WorkerState:
         data_needed = self.data_needed
         for w in ts.who_has:
             data_needed[w].add(ts)
-        return {}, []
+        return _NOTHING
 
     cdef tuple _generic_missing(self, TaskState ts):
         if self.validate:
@@ -880,7 +896,7 @@ cdef class WorkerState:
         ts._state = TS_MISSING
         self.missing_dep_flight.add(ts)
         ts.done = False
-        return {}, []
+        return _NOTHING
 
     cdef tuple _generic_released(self, TaskState ts):
         cdef TaskState dep
@@ -892,7 +908,7 @@ cdef class WorkerState:
         ts._state = TS_RELEASED
         if not ts.dependents:
             recs[ts] = "forgotten"
-        return recs, []
+        return recs, _NO_INSTR
 
     cdef tuple _generic_error(self, TaskState ts, tuple args, object stimulus_id):
         exception, traceback, exception_text, traceback_text, run_id = args
@@ -921,7 +937,7 @@ cdef class WorkerState:
             recs[ts] = "ready"
         ts._state = TS_WAITING
         self.waiting.add(ts)
-        return recs, []
+        return recs, _NO_INSTR
 
     cdef tuple _released_forgotten(self, TaskState ts):
         cdef TaskState dep
@@ -935,7 +951,7 @@ cdef class WorkerState:
         self._purge_state(ts)
         ts._state = TS_FORGOTTEN
         self.tasks.pop(ts.key, None)
-        return recs, []
+        return recs, _NO_INSTR
 
     cdef tuple _to_memory(self, TaskState ts, object value, int msg_type, object run_id,
                           object stimulus_id):
@@ -955,7 +971,7 @@ cdef class WorkerState:
                 self.data[key] = value
             except Exception as e:
                 msg = error_message(e)
-                return {ts: tuple(msg.values()) + (run_id,)}, []
+                return {ts: tuple(msg.values()) + (run_id,)}, _NO_INSTR
             stop = _now()
             if stop - start > 0.005:
                 ts.startstops.append({"action": "disk-write", "start": start, "stop": stop})
@@ -1082,9 +1098,9 @@ cdef class WorkerState:
         cdef TaskState ts
         cdef list to_gather
         if not self.running or not self.data_needed:
-            return {}, []
+            return _NOTHING
         if self._should_throttle_incoming_transfers():
-            return {}, []
+            return _NOTHING
         cdef dict recs = {}
         cdef list instructions = []
         for worker, available in self._select_workers_for_gather():
@@ -1148,7 +1164,7 @@ cdef class WorkerState:
     cdef tuple _ensure_computing(self):
         cdef TaskState ts
         if not self.running:
-            return {}, []
+            return {}, _NO_INSTR
         cdef dict recs = {}
         while len(self.executing) < self.nthreads:
             ts = self._next_ready_task()
@@ -1160,7 +1176,7 @@ cdef class WorkerState:
             recs[ts] = "executing"
             self._acquire_resources(ts)
             self.executing.add(ts)
-        return recs, []
+        return recs, _NO_INSTR
 
     cdef TaskState _next_ready_task(self):
         cdef TaskState tsr, tsc
@@ -1252,7 +1268,7 @@ cdef class WorkerState:
                 ts = self.tasks.get(key)
                 if ts:
                     recs[ts] = "released"
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_UPDATE_DATA:
             recs = {}
             for key, value in ev.data.items():
@@ -1263,7 +1279,7 @@ cdef class WorkerState:
                     self.task_counter.new_task(ts)
                 recs[ts] = ("memory", value, _RUN_ID_SENTINEL)
                 self.log.append((key, "receive-from-scatter", _name(ts._state), sid, _now()))
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_REMOVE_REPLICAS:
             recs = {}
             for key in ev.keys:
@@ -1278,7 +1294,7 @@ cdef class WorkerState:
                         )
                 self.log.append((ts.key, "remove-replica", sid, _now()))
                 recs[ts] = "released"
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_ACQUIRE_REPLICAS:
             if self.validate:
                 assert ev.who_has.keys() == ev.nbytes.keys()
@@ -1290,7 +1306,7 @@ cdef class WorkerState:
                     ts.nbytes = nbytes
                     recs[ts] = "fetch"
             self._update_who_has(ev.who_has)
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_GATHER_DEP_SUCCESS:
             recs = {}
             for ts in self._gather_dep_done_common(ev):
@@ -1305,7 +1321,7 @@ cdef class WorkerState:
                     if ev.worker in self.has_what:
                         self.has_what[ev.worker].discard(ts.key)
                     recs[ts] = "fetch"
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_GATHER_DEP_BUSY:
             self.busy_workers.add(ev.worker)
             recs = {}
@@ -1324,22 +1340,22 @@ cdef class WorkerState:
                 self.log.append((ts.key, "missing-dep", sid, _now()))
                 recs[ts] = "fetch"
             self._forget_peer(ev.worker, recs)
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_GATHER_DEP_FAILURE:
             recs = {}
             for ts in self._gather_dep_done_common(ev):
                 recs[ts] = ("error", ev.exception, ev.traceback, ev.exception_text,
                             ev.traceback_text, ts.run_id)
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_REMOVE_WORKER:
             recs = {}
             self._forget_peer(ev.worker, recs)
-            return recs, []
+            return recs, _NO_INSTR
         if code == EV_SECEDE:
             ts = self.tasks.get(ev.key)
             if not ts:
-                return {}, []
-            return {ts: ("long-running", ev.compute_duration)}, []
+                return _NOTHING
+            return {ts: ("long-running", ev.compute_duration)}, _NO_INSTR
         if code == EV_STEAL_REQUEST:
             ts = self.tasks.get(ev.key)
             state = _name(ts._state) if ts is not None else None
@@ -1349,23 +1365,23 @@ cdef class WorkerState:
             return {}, [smsg]
         if code == EV_PAUSE:
             self.running = False
-            return {}, []
+            return _NOTHING
         if code == EV_UNPAUSE:
             self.running = True
             return self._ensure_computing()
         if code == EV_RETRY_BUSY_WORKER:
             self.busy_workers.discard(ev.worker)
-            return {}, []
+            return _NOTHING
         if code == EV_CANCEL_COMPUTE:
             ts = self.tasks.get(ev.key)
             if not ts or not _is_ready_or_waiting(ts._state):
-                return {}, []
+                return _NOTHING
             self.log.append((ev.key, "cancel-compute", sid, _now()))
             assert not ts.dependents
-            return {ts: "released"}, []
+            return {ts: "released"}, _NO_INSTR
         if code == EV_FIND_MISSING:
             if not self.missing_dep_flight:
-                return {}, []
+                return _NOTHING
             if self.validate:
                 for ts in self.missing_dep_flight:
                     assert not ts.who_has, self.story(ts)
@@ -1384,7 +1400,7 @@ cdef class WorkerState:
                     recs[ts] = "fetch"
                 elif not ts.who_has and ts._state == TS_FETCH:
                     recs[ts] = "missing"
-            return recs, []
+            return recs, _NO_INSTR
         raise TypeError(ev)
 
     cdef tuple _handle_compute_task(self, object ev):
@@ -1406,7 +1422,7 @@ cdef class WorkerState:
         s = ts._state
         if s == TS_READY or s == TS_CONSTRAINED or s == TS_EXECUTING or s == TS_LONG_RUNNING \
                 or s == TS_WAITING:
-            return {}, []
+            return _NOTHING
         if s == TS_MEMORY:
             return {}, [self._get_task_finished_msg(ts, ev.run_id, sid)]
         if not (s == TS_RELEASED or s == TS_FETCH or s == TS_FLIGHT or s == TS_MISSING
@@ -1441,7 +1457,7 @@ cdef class WorkerState:
             ts.dependencies.add(dep_ts)
             dep_ts.dependents.add(ts)
         self._update_who_has(ev.who_has)
-        return {ts: "waiting"}, []
+        return {ts: "waiting"}, _NO_INSTR
 
     cdef tuple _execute_done_common(self, object ev):
         cdef TaskState ts = self.tasks.get(ev.key)
