@@ -73,6 +73,8 @@ cdef class TaskState:
     cdef object __weakref__
     # Membership in TaskState._instances (see LiveTaskSet); borrowed pointers.
     cdef bint _live
+    # Creation number: the hash when deterministic hashing is on (differential tests).
+    cdef Py_ssize_t _serial
     cdef void* _live_prev
     cdef void* _live_next
 

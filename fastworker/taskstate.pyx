@@ -84,6 +84,29 @@ cdef inline object state_name(TaskStateCode code):
     return <object>PyTuple_GET_ITEM(STATE_NAMES, <Py_ssize_t>code)
 
 
+cdef extern from "Python.h":
+    ctypedef Py_ssize_t Py_hash_t
+    Py_hash_t _Py_HashPointer(const void* ptr)
+
+# Hash by creation number instead of by address (see use_serial_hash).
+cdef bint _serial_hash = False
+cdef Py_ssize_t _next_serial = 0
+
+
+def use_serial_hash(bint enabled=True, Py_ssize_t start=0):
+    """Hash tasks by creation number instead of by address; restart the numbering.
+
+    Sets of tasks iterate in an order derived from their hashes. Stock hashes by
+    ``id()``, so that order differs between two runs of the same stimuli, and
+    between stock and fastworker. Differential tests turn this on (and give stock's
+    TaskState the same numbering) so that both iterate alike. Identity semantics
+    are unchanged: two tasks are equal only if they are the same object.
+    """
+    global _serial_hash, _next_serial
+    _serial_hash = enabled
+    _next_serial = start
+
+
 # Live tasks form an intrusive doubly linked list through TaskState._live_prev and
 # _live_next: tracking a task costs a few pointer writes, where stock's WeakSet
 # allocates a weakref with a callback. C statics, so that they outlive module
@@ -259,7 +282,15 @@ cdef class TaskState:
         self.span_id = span_id
         self.done = done
         self.duration = duration
+        global _next_serial
+        self._serial = _next_serial
+        _next_serial += 1
         _link(self)
+
+    def __hash__(self):
+        if _serial_hash:
+            return self._serial
+        return _Py_HashPointer(<void*>self)
 
     def __dealloc__(self):
         _unlink(self)

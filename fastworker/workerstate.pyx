@@ -25,7 +25,7 @@ from distributed.collections import HeapSet
 from distributed.comm import get_address_host
 from distributed.core import error_message
 from distributed.protocol import pickle
-from distributed.sizeof import safe_sizeof as sizeof
+from distributed.sizeof import safe_sizeof
 from distributed.utils import recursive_to_dict
 from distributed.worker_state_machine import (
     WAITING_FOR_DATA,
@@ -977,7 +977,7 @@ cdef class WorkerState:
                 ts.startstops.append({"action": "disk-write", "start": start, "stop": stop})
         ts._state = TS_MEMORY
         if ts.nbytes is None:
-            ts.nbytes = sizeof(value)
+            ts.nbytes = safe_sizeof(value)
         self.nbytes += ts.nbytes
         ts.type = type(value)
         for dep in ts.dependents:

@@ -491,3 +491,20 @@ def test_differential_random_fields(
         if "who_has" in dump:
             dump["who_has"] = sorted(dump["who_has"])
     assert dump_b2 == dump_b
+
+
+def test_serial_hash_for_differential_tests(fast):
+    """use_serial_hash numbers tasks by creation: equal hashes across runs, same identity."""
+    from fastworker.taskstate import use_serial_hash
+
+    use_serial_hash(True, 10)
+    try:
+        a, b = fast.TaskState("a"), fast.TaskState("b")
+        assert (hash(a), hash(b)) == (10, 11)
+        assert a != b and len({a, b}) == 2
+        c = fast.TaskState("a")
+        assert hash(c) == 12 and c != a
+    finally:
+        use_serial_hash(False)
+    assert hash(a) != 10  # back to address-based hashing
+    assert a in {a} and b not in {a}
