@@ -245,16 +245,18 @@ cdef tuple _loggable_kind(object cls):
     else:
         kind = LOG_OWN
     # copy.copy of these objects: a new instance with the slots that are set
-    if "__dict__" in dir(cls) and cls.__dictoffset__:
-        kind = LOG_OWN  # has an instance __dict__ too: leave it to copy.copy
+    if cls.__dictoffset__ or cls.__new__ is not StateMachineEvent.__new__:
+        kind = LOG_OWN  # an instance __dict__ or its own __new__: let it copy itself
     entry = (kind, tuple(copyreg._slotnames(cls)))
     _LOGGABLE[cls] = entry
     return entry
 
 
 cdef object _shallow_copy(object obj, tuple slots):
+    # As copy.copy: a new instance (StateMachineEvent.__new__ only presets
+    # ``handled``, which is copied below like every other slot), then the set slots.
     cls = type(obj)
-    out = cls.__new__(cls)
+    out = object.__new__(cls)
     for name in slots:
         try:
             value = getattr(obj, name)
