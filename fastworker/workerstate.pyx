@@ -21,7 +21,6 @@ import dask
 from dask.utils import typename
 
 from distributed._stories import worker_story
-from distributed.collections import HeapSet
 from distributed.comm import get_address_host
 from distributed.core import error_message
 from distributed.protocol import pickle
@@ -71,6 +70,7 @@ from distributed.worker_state_machine import TaskState as StockTaskState
 
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
+from fastworker.heapset cimport HeapSet
 from fastworker.taskstate cimport (
     STATE_NAMES,
     TS_CANCELLED,
@@ -366,8 +366,38 @@ cdef object _task_finished_msg(object key, object run_id, object nbytes, object 
     return out
 
 
+cdef object _PRIORITY = operator.attrgetter("priority")
+
+
 def _new_heap():
-    return HeapSet(key=operator.attrgetter("priority"))
+    return HeapSet(key=_PRIORITY)
+
+
+# The queues are compiled HeapSets unless someone rebound them to something else.
+cdef inline int _heap_add(object heap, object ts) except -1:
+    if type(heap) is HeapSet:
+        return (<HeapSet>heap).push(ts)
+    heap.add(ts)
+    return 0
+
+
+cdef inline int _heap_discard(object heap, object ts) except -1:
+    if type(heap) is HeapSet:
+        return (<HeapSet>heap).discard_c(ts)
+    heap.discard(ts)
+    return 0
+
+
+cdef inline object _heap_pop(object heap):
+    if type(heap) is HeapSet:
+        return (<HeapSet>heap).pop_c()
+    return heap.pop()
+
+
+cdef inline object _heap_peek(object heap):
+    if type(heap) is HeapSet:
+        return (<HeapSet>heap).peek_c()
+    return heap.peek()
 
 
 cdef inline bint _is_ready_or_waiting(int s) noexcept:
@@ -768,14 +798,14 @@ cdef class WorkerState:
             ts._state = TS_READY
             assert ts.priority is not None
             self.waiting.remove(ts)
-            self.ready.add(ts)
+            _heap_add(self.ready, ts)
             return self._ensure_computing()
         if pair == _pair(TS_WAITING, TS_CONSTRAINED):
             if v:
                 self._validate_waiting_to_runnable(ts)
             ts._state = TS_CONSTRAINED
             self.waiting.remove(ts)
-            self.constrained.add(ts)
+            _heap_add(self.constrained, ts)
             return self._ensure_computing()
 
         # --- executing / long-running ---
@@ -889,7 +919,7 @@ cdef class WorkerState:
         assert ts.priority
         data_needed = self.data_needed
         for w in ts.who_has:
-            data_needed[w].add(ts)
+            _heap_add(data_needed[w], ts)
         return _NOTHING
 
     cdef tuple _generic_missing(self, TaskState ts):
@@ -1044,7 +1074,7 @@ cdef class WorkerState:
             for worker in workers - ts.who_has:
                 self.has_what[worker].add(key)
                 if ts._state == TS_FETCH:
-                    self.data_needed[worker].add(ts)
+                    _heap_add(self.data_needed[worker], ts)
             ts.who_has = workers
         return 0
 
@@ -1062,7 +1092,7 @@ cdef class WorkerState:
             data_needed = self.data_needed
             for worker in ts.who_has:
                 has_what[worker].discard(key)
-                data_needed[worker].discard(ts)
+                _heap_discard(data_needed[worker], ts)
             ts.who_has.clear()
         for dep in ts.dependencies:
             ts.waiting_for_data.discard(dep)
@@ -1078,8 +1108,8 @@ cdef class WorkerState:
         # Stock resets traceback_text (twice) and leaves exception_text as it was.
         ts.traceback_text = ""
         self.missing_dep_flight.discard(ts)
-        self.ready.discard(ts)
-        self.constrained.discard(ts)
+        _heap_discard(self.ready, ts)
+        _heap_discard(self.constrained, ts)
         self.executing.discard(ts)
         self.long_running.discard(ts)
         self.in_flight_tasks.discard(ts)
@@ -1110,7 +1140,7 @@ cdef class WorkerState:
             to_gather = []
             message_nbytes = 0
             while available:
-                ts = available.peek()
+                ts = _heap_peek(available)
                 if self._task_exceeds_transfer_limits(ts, message_nbytes):
                     break
                 for w in ts.who_has:
@@ -1185,19 +1215,19 @@ cdef class WorkerState:
         ready = self.ready
         constrained = self.constrained
         if ready and constrained:
-            tsr = ready.peek()
-            tsc = constrained.peek()
+            tsr = _heap_peek(ready)
+            tsc = _heap_peek(constrained)
             assert tsr.priority
             assert tsc.priority
             if tsc.priority < tsr.priority and self._resource_restrictions_satisfied(tsc):
-                return constrained.pop()
-            return ready.pop()
+                return _heap_pop(constrained)
+            return _heap_pop(ready)
         if ready:
-            return ready.pop()
+            return _heap_pop(ready)
         if constrained:
-            tsc = constrained.peek()
+            tsc = _heap_peek(constrained)
             if self._resource_restrictions_satisfied(tsc):
-                return constrained.pop()
+                return _heap_pop(constrained)
         return None
 
     cdef bint _resource_restrictions_satisfied(self, TaskState ts) except -1:
