@@ -75,7 +75,7 @@ def test_resources_and_cancel(ws_impl):
 
             import time
 
-            slow = client.submit(time.sleep, 5, pure=False)
+            slow = client.submit(time.sleep, 1, pure=False)
             time.sleep(0.2)
             slow.cancel()
             wait(client.submit(operator.add, 1, 1))
