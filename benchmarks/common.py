@@ -45,17 +45,25 @@ class Row:
         return self.stock_median / self.fast_median
 
 
-def time_once(setup: Setup, n: int) -> float:
-    """Seconds per operation for one run of ``n`` operations, garbage collector off."""
+def time_once(setup: Setup, n: int, gc_enabled: bool = False) -> float:
+    """Seconds per operation for one run of ``n`` operations.
+
+    The garbage collector is off unless ``gc_enabled``. A run that returns a float
+    reports its own elapsed seconds (e.g. only the time spent in the code under
+    test); otherwise the whole call is timed.
+    """
     run = setup()
     gc.collect()
-    gc.disable()
+    if not gc_enabled:
+        gc.disable()
     try:
         start = time.perf_counter()
-        run()
+        result = run()
         elapsed = time.perf_counter() - start
     finally:
         gc.enable()
+    if isinstance(result, float):
+        elapsed = result
     return elapsed / n
 
 
@@ -68,6 +76,7 @@ def measure(
     repeats: int,
     unit: str = "ns",
     progress: bool = True,
+    gc_enabled: bool = False,
 ) -> Row:
     """Time both implementations ``repeats`` times, alternating which goes first."""
     scale = {"ns": 1e9, "us": 1e6}[unit]
@@ -76,7 +85,7 @@ def measure(
     for i in range(repeats):
         order = ((stock, row.stock), (fast, row.fastworker))
         for setup, out in order if i % 2 == 0 else reversed(order):
-            out.append(time_once(setup, n) * scale)
+            out.append(time_once(setup, n, gc_enabled) * scale)
         if live:
             print(f"\r  {group}: {case} (n={n:,}) repeat {i + 1}/{repeats}", end="", file=sys.stderr, flush=True)
     if live:

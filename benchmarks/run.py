@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_lifecycle  # noqa: E402
 import bench_taskstate  # noqa: E402
 from common import format_table, write_json  # noqa: E402
 
@@ -23,12 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeats per case; medians are reported (default 5)")
     parser.add_argument("--out", default="bench-results", help="folder for the JSON record (default bench-results)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--full", action="store_true", help="lifecycles also at N = 100,000 (slow)")
+    parser.add_argument("--only", choices=["taskstate", "lifecycle"], help="run one group")
+    parser.add_argument("--scenario", help="lifecycle scenarios whose name contains this")
     args = parser.parse_args(argv)
 
     print(f"fastworker benchmark: n={args.n:,}, {args.repeats} repeats, medians; "
           "speedup = stock time / fastworker time", flush=True)
     start = time.perf_counter()
-    rows = bench_taskstate.run(n=args.n, repeats=args.repeats, progress=not args.quiet)
+    rows = []
+    if args.only in (None, "taskstate"):
+        rows += bench_taskstate.run(n=args.n, repeats=args.repeats, progress=not args.quiet)
+    if args.only in (None, "lifecycle"):
+        sizes = (1_000, 10_000, 100_000) if args.full else (1_000, 10_000)
+        rows += bench_lifecycle.run(
+            sizes=sizes, repeats=args.repeats, progress=not args.quiet, only=args.scenario
+        )
     print(format_table(rows))
     path = os.path.join(args.out, time.strftime("bench-%Y%m%d-%H%M%S.json"))
     write_json(path, rows, args.repeats)
