@@ -32,9 +32,12 @@ from collections.abc import MutableSet, Set
 
 from fastworker.taskstate cimport TaskState
 
-__all__ = ["HeapSet"]
+__all__ = ["HeapSet", "PRIORITY"]
 
-cdef object _PRIORITY_GETTER_REPR = repr(operator.attrgetter("priority"))
+#: ``operator.attrgetter("priority")``: pass this very object as ``key`` for the
+#: fast path (any equal attrgetter works too, found by its repr).
+PRIORITY = operator.attrgetter("priority")
+cdef object _PRIORITY_GETTER_REPR = repr(PRIORITY)
 
 
 cdef extern from "Python.h":
@@ -131,7 +134,7 @@ cdef class HeapSet:
         self.key = key
         # The state machine's queues are keyed by attrgetter("priority"): read the
         # field directly from a compiled task instead of calling the getter.
-        self._by_priority = (
+        self._by_priority = key is PRIORITY or (
             type(key) is operator.attrgetter and repr(key) == _PRIORITY_GETTER_REPR
         )
 

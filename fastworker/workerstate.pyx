@@ -15,6 +15,7 @@ import operator
 import random
 from collections import Counter, defaultdict, deque
 from functools import partial
+from heapq import heapify, heappop, heappush
 from itertools import chain
 
 import dask
@@ -366,11 +367,24 @@ cdef object _task_finished_msg(object key, object run_id, object nbytes, object 
     return out
 
 
-cdef object _PRIORITY = operator.attrgetter("priority")
+from fastworker.heapset import PRIORITY as _PRIORITY
 
 
 def _new_heap():
     return HeapSet(key=_PRIORITY)
+
+
+# get_address_host(address) is a pure function of the address string; peers are few.
+cdef dict _HOSTS = {}
+
+
+cdef object _host(object address):
+    host = _HOSTS.get(address)
+    if host is None:
+        host = get_address_host(address)
+        if len(_HOSTS) < 100_000:
+            _HOSTS[address] = host
+    return host
 
 
 # The queues are compiled HeapSets unless someone rebound them to something else.
@@ -1937,10 +1951,8 @@ cdef class _GatherOrder:
     cdef object current
 
     def __init__(self, WorkerState ws):
-        import heapq
-
         self.ws = ws
-        host = get_address_host(ws.address)
+        host = _host(ws.address)
         heap = []
         data_needed = ws.data_needed
         for worker, tasks in list(data_needed.items()):
@@ -1950,10 +1962,10 @@ cdef class _GatherOrder:
             if worker in ws.in_flight_workers or worker in ws.busy_workers:
                 continue
             heap.append((
-                tasks.peek().priority, get_address_host(worker) != host, -len(tasks),
+                _heap_peek(tasks).priority, _host(worker) != host, -len(tasks),
                 ws.rng.random(), worker, tasks,
             ))
-        heapq.heapify(heap)
+        heapify(heap)
         self.heap = heap
         self.current = None
 
@@ -1961,8 +1973,6 @@ cdef class _GatherOrder:
         return self
 
     def __next__(self):
-        import heapq
-
         data_needed = self.ws.data_needed
         if self.current is not None:
             worker, tasks = self.current
@@ -1971,12 +1981,12 @@ cdef class _GatherOrder:
                 del data_needed[worker]
         heap = self.heap
         while heap:
-            _, is_remote, ntasks_neg, rnd, worker, tasks = heapq.heappop(heap)
+            _, is_remote, ntasks_neg, rnd, worker, tasks = heappop(heap)
             if not tasks:
                 del data_needed[worker]
             elif -ntasks_neg != len(tasks):
-                heapq.heappush(
-                    heap, (tasks.peek().priority, is_remote, -len(tasks), rnd, worker, tasks)
+                heappush(
+                    heap, (_heap_peek(tasks).priority, is_remote, -len(tasks), rnd, worker, tasks)
                 )
             else:
                 self.current = (worker, tasks)
