@@ -370,6 +370,24 @@ cdef object _task_finished_msg(object key, object run_id, object nbytes, object 
 from fastworker.heapset import PRIORITY as _PRIORITY
 
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
+cdef object _NOOP_TRANSITION = WorkerPlugin.transition
+
+
+cdef inline bint _inherits_noop_transition(object plugin) except -1:
+    """Whether plugin.transition is WorkerPlugin's own, which does nothing.
+
+    Every worker carries plugins (the scheduler installs the shuffle plugin on
+    all) that do not override it; calling it once per transition costs a Python
+    call for no effect.
+    """
+    if getattr(type(plugin), "transition", None) is not _NOOP_TRANSITION:
+        return False
+    instance_dict = getattr(plugin, "__dict__", None)
+    return instance_dict is None or "transition" not in instance_dict
+
+
 def _new_heap():
     return HeapSet(key=_PRIORITY)
 
@@ -430,6 +448,28 @@ cdef inline bint _ran_in_thread(int previous) noexcept:
     return previous == TS_EXECUTING or previous == TS_LONG_RUNNING
 
 
+def _init_signature(
+    *,
+    nthreads=1,
+    address=None,
+    data=None,
+    threads=None,
+    plugins=None,
+    resources=None,
+    transfer_incoming_count_limit=9999,
+    validate=True,
+    transition_counter_max=False,
+    transfer_incoming_bytes_limit=math.inf,
+    transfer_message_bytes_limit=math.inf,
+):
+    """The constructor's signature, for inspect (a compiled __init__ shows none)."""
+
+
+import inspect as _inspect
+
+_INIT_SIGNATURE = _inspect.signature(_init_signature)
+
+
 cdef class WorkerState:
     """State machine encapsulating the lifetime of all tasks on a worker.
 
@@ -438,6 +478,8 @@ cdef class WorkerState:
     ``threads`` and ``plugins`` are held by reference, never copied. Tasks are
     :class:`fastworker.TaskState` objects.
     """
+
+    __signature__ = _INIT_SIGNATURE
 
     def __cinit__(self, *args, **kwargs):
         cls = type(self)
@@ -672,6 +714,8 @@ cdef class WorkerState:
 
     cdef void _notify_transition(self, object key, object start, object finish) except *:
         for name, plugin in self.plugins.items():
+            if _inherits_noop_transition(plugin):
+                continue  # WorkerPlugin.transition does nothing: skip the call
             if hasattr(plugin, "transition"):
                 try:
                     plugin.transition(key, start, finish)
