@@ -1329,6 +1329,8 @@ cdef class WorkerState:
         cdef TaskState ts
         cdef dict recs
         cdef list instructions
+        if not code:
+            raise TypeError(ev)
         sid = ev.stimulus_id
 
         if code == EV_COMPUTE_TASK:
