@@ -96,3 +96,19 @@ def test_worker_kwarg(ws_impl):
                     assert isinstance(w.state, ws_impl.WorkerState)
 
     asyncio.run(main())
+
+
+def test_readme_example_with_worker_processes():
+    """The README's example as written: worker processes (Nanny) get the class too."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, WorkerStateClass=fastworker.WorkerState, dashboard_address=":0"
+    ) as cluster:
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+            kinds = client.run(lambda dask_worker: type(dask_worker.state).__module__)
+            assert set(kinds.values()) == {"fastworker.workerstate"}
+            x = client.scatter(list(range(100)))
+            total = client.submit(sum, x)
+            assert total.result() == 4950
