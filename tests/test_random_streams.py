@@ -250,6 +250,23 @@ def snapshot(ws) -> dict:
     }
 
 
+def comparable(instructions) -> list:
+    """Instructions as comparable values. A "disk-write" startstop is appended when
+    storing a result took over 5 ms: wall-clock noise (a GC pause, a busy machine),
+    which may hit one implementation and not the other, so it is left out."""
+    import dataclasses
+
+    out = []
+    for inst in instructions:
+        fields = {f.name: getattr(inst, f.name) for f in dataclasses.fields(inst)}
+        if "startstops" in fields:
+            fields["startstops"] = [
+                ss for ss in fields["startstops"] if ss.get("action") != "disk-write"
+            ]
+        out.append((type(inst).__name__, fields))
+    return out
+
+
 def outcome(call):
     try:
         return call(), None
@@ -290,7 +307,9 @@ def run_stream(seed: int, steps: int) -> int:
         if err_stock is not None:
             assert str(err_stock) == str(err_fast), where
             return step + 1  # both refused the same way; the stream ends here
-        assert got_stock == got_fast, f"{where}\n  stock      {got_stock}\n  fastworker {got_fast}"
+        assert comparable(got_stock) == comparable(got_fast), (
+            f"{where}\n  stock      {got_stock}\n  fastworker {got_fast}"
+        )
         a, b = snapshot(stock), snapshot(fast)
         assert a == b, f"{where}\n{first_difference(a, b)}"
         (_, bad_stock), (_, bad_fast) = (
