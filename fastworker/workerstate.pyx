@@ -11,10 +11,8 @@ class-to-code table instead of ``singledispatchmethod``.
 """
 import logging
 import math
-import operator
 import random
 from collections import Counter, defaultdict, deque
-from functools import partial
 from heapq import heapify, heappop, heappush
 from itertools import chain
 
@@ -91,7 +89,6 @@ from fastworker.taskstate cimport (
     TS_RESUMED,
     TS_WAITING,
     TaskState,
-    TaskStateCode,
     state_code,
 )
 
@@ -138,6 +135,15 @@ cdef inline double _monotonic() noexcept:
 
 cdef inline object _name(int code):
     return STATE_NAMES[code]
+
+
+cdef int _finish_code(object finish) except -1:
+    """The enum code of a requested finish state; TS_NONE (no transition has it as
+    finish) for anything that is not a state name."""
+    try:
+        return state_code(finish)
+    except ValueError:
+        return TS_NONE
 
 
 cdef inline int _pair(int start, int finish) noexcept:
@@ -661,7 +667,9 @@ cdef class WorkerState:
             args = (<tuple>finish)[1:]
             finish = (<tuple>finish)[0]
         cdef int start_code = ts._state
-        cdef int finish_code = state_code(finish)
+        # A finish that is no state at all has no table entry, as in stock: it goes
+        # through released and fails there with InvalidTransition.
+        cdef int finish_code = _finish_code(finish)
         if start_code == finish_code:
             return _NOTHING
         start = _name(start_code)
