@@ -43,3 +43,14 @@ def test_taskstate_callables_stay_callables(name):
     stock_attr = getattr(stock_wsm.TaskState("x"), name)
     fast_attr = getattr(fastworker.TaskState("x"), name)
     assert callable(stock_attr) == callable(fast_attr)
+
+
+def test_taskstate_constructor_signature():
+    import inspect
+
+    stock = inspect.signature(stock_wsm.TaskState).parameters
+    fast = dict(inspect.signature(fastworker.TaskState).parameters)
+    assert fast.pop("duration").kind is inspect.Parameter.KEYWORD_ONLY  # our one extra
+    assert list(stock) == list(fast)
+    for name, p in stock.items():
+        assert (p.kind, p.default) == (fast[name].kind, fast[name].default), name
