@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_heap  # noqa: E402
 import bench_lifecycle  # noqa: E402
 import bench_taskstate  # noqa: E402
 from common import format_table, write_json  # noqa: E402
@@ -25,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results", help="folder for the JSON record (default bench-results)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--full", action="store_true", help="lifecycles also at N = 100,000 (slow)")
-    parser.add_argument("--only", choices=["taskstate", "lifecycle"], help="run one group")
+    parser.add_argument(
+        "--only", choices=["taskstate", "lifecycle", "heap"],
+        help="run one group (heap, the queue micro-benchmarks, runs only when named)",
+    )
     parser.add_argument("--scenario", help="lifecycle scenarios whose name contains this")
     args = parser.parse_args(argv)
 
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_lifecycle.run(
             sizes=sizes, repeats=args.repeats, progress=not args.quiet, only=args.scenario
         )
+    if args.only == "heap":
+        rows += bench_heap.run(n=args.n, repeats=args.repeats, progress=not args.quiet)
     print(format_table(rows))
     path = os.path.join(args.out, time.strftime("bench-%Y%m%d-%H%M%S.json"))
     write_json(path, rows, args.repeats)

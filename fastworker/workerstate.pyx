@@ -69,7 +69,7 @@ from distributed.worker_state_machine import TaskState as StockTaskState
 
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
-from fastworker.heapset cimport HeapSet
+from fastworker.heap cimport PriorityHeapSet
 from fastworker.taskstate cimport (
     STATE_NAMES,
     TS_CANCELLED,
@@ -373,7 +373,6 @@ cdef object _task_finished_msg(object key, object run_id, object nbytes, object 
     return out
 
 
-from fastworker.heapset import PRIORITY as _PRIORITY
 
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -395,7 +394,7 @@ cdef inline bint _inherits_noop_transition(object plugin) except -1:
 
 
 def _new_heap():
-    return HeapSet(key=_PRIORITY)
+    return PriorityHeapSet()  # keyed by .priority, read directly from the task
 
 
 # get_address_host(address) is a pure function of the address string; peers are few.
@@ -411,30 +410,30 @@ cdef object _host(object address):
     return host
 
 
-# The queues are compiled HeapSets unless someone rebound them to something else.
+# The queues are compiled PriorityHeapSets unless someone rebound them to something else.
 cdef inline int _heap_add(object heap, object ts) except -1:
-    if type(heap) is HeapSet:
-        return (<HeapSet>heap).push(ts)
+    if type(heap) is PriorityHeapSet:
+        return (<PriorityHeapSet>heap).push(ts)
     heap.add(ts)
     return 0
 
 
 cdef inline int _heap_discard(object heap, object ts) except -1:
-    if type(heap) is HeapSet:
-        return (<HeapSet>heap).discard_c(ts)
+    if type(heap) is PriorityHeapSet:
+        return (<PriorityHeapSet>heap).discard_c(ts)
     heap.discard(ts)
     return 0
 
 
 cdef inline object _heap_pop(object heap):
-    if type(heap) is HeapSet:
-        return (<HeapSet>heap).pop_c()
+    if type(heap) is PriorityHeapSet:
+        return (<PriorityHeapSet>heap).pop_c()
     return heap.pop()
 
 
 cdef inline object _heap_peek(object heap):
-    if type(heap) is HeapSet:
-        return (<HeapSet>heap).peek_c()
+    if type(heap) is PriorityHeapSet:
+        return (<PriorityHeapSet>heap).peek_c()
     return heap.peek()
 
 
