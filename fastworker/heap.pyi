@@ -1,4 +1,4 @@
-"""Type stubs for the compiled fastworker.heapset module."""
+"""Type stubs for the compiled fastworker.heap module."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -6,11 +6,9 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-PRIORITY: Callable[[Any], Any]
-
-class HeapSet(Generic[T]):
+class PriorityHeapSet(Generic[T]):
     key: Callable[[T], Any]
-    def __init__(self, *, key: Callable[[T], Any]) -> None: ...
+    def __init__(self, *, key: Callable[[T], Any] | None = None) -> None: ...
     def __contains__(self, value: object) -> bool: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[T]: ...
