@@ -85,3 +85,31 @@ def ws(ws_impl):
     yield state
     if state.validate:
         state.validate_state()
+
+
+@pytest.fixture
+def make_ws(ws_impl):
+    """Build WorkerStates of each implementation with custom constructor arguments,
+    set up like ``ws`` (address 127.0.0.1:1 unless given); ``validate_state()`` runs at
+    teardown on those still validating."""
+    import dask
+
+    states = []
+
+    def make(**kwargs):
+        kwargs.setdefault("address", "127.0.0.1:1")
+        kwargs.setdefault("transition_counter_max", 50_000)
+        with dask.config.set({"distributed.admin.low-level-log-length": None}):
+            state = ws_impl.WorkerState(**kwargs)
+        states.append(state)
+        return state
+
+    yield make
+    for state in states:
+        if state.validate:
+            state.validate_state()
+
+
+def strip(story):
+    """Story / log entries without their trailing timestamp."""
+    return [tuple(entry[:-1]) for entry in story]

@@ -59,6 +59,8 @@ from distributed.worker_state_machine import (
     UpdateDataEvent,
 )
 
+from conftest import strip  # noqa: E402
+
 ADDR = "127.0.0.1:1"  # the ws fixture's own address
 W2 = "127.0.0.2:1"  # peers on other hosts
 W3 = "127.0.0.3:1"
@@ -70,29 +72,6 @@ COMPUTE = {"action": "compute", "start": 0.0, "stop": 1.0}  # ExecuteSuccessEven
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def make_ws(ws_impl):
-    """Build WorkerStates with custom constructor arguments, set up like ``ws``;
-    ``validate_state()`` runs at teardown on those still validating."""
-    states = []
-
-    def make(**kwargs):
-        kwargs.setdefault("address", ADDR)
-        kwargs.setdefault("transition_counter_max", 50_000)
-        with dask.config.set({"distributed.admin.low-level-log-length": None}):
-            state = ws_impl.WorkerState(**kwargs)
-        states.append(state)
-        return state
-
-    yield make
-    for state in states:
-        if state.validate:
-            state.validate_state()
-
-
-def strip(story):
-    """Story / log entries without their trailing timestamp."""
-    return [tuple(entry[:-1]) for entry in story]
 
 
 def finished(key, *, sid, run_id=0, nbytes=1, typ=type(None), startstops=(COMPUTE,),

@@ -19,7 +19,6 @@ from collections import defaultdict
 
 import pytest
 
-import dask
 from dask.utils import typename
 from distributed.protocol import pickle
 from distributed.protocol.serialize import Serialize
@@ -53,6 +52,8 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
+from conftest import strip  # noqa: E402
+
 ADDR = "127.0.0.1:1"
 W2 = "127.0.0.2:1"
 W3 = "127.0.0.3:1"
@@ -73,26 +74,6 @@ class RecordingPlugin:
         self.calls.append((key, start, finish))
 
 
-@pytest.fixture
-def make_ws(ws_impl):
-    states = []
-
-    def make(**kwargs):
-        kwargs.setdefault("address", ADDR)
-        kwargs.setdefault("transition_counter_max", 50_000)
-        with dask.config.set({"distributed.admin.low-level-log-length": None}):
-            state = ws_impl.WorkerState(**kwargs)
-        states.append(state)
-        return state
-
-    yield make
-    for state in states:
-        if state.validate:
-            state.validate_state()
-
-
-def strip(story):
-    return [tuple(entry[:-1]) for entry in story]
 
 
 def finished(key, *, sid, run_id=1, nbytes=1, typ=type(None), startstops=(COMPUTE,)):
