@@ -200,52 +200,16 @@ def _new_empty(cls):
     return cls.__new__(cls)
 
 
-def _init_signature(
-    key,
-    run_id=-1,
-    run_spec=None,
-    dependencies=_MISSING,
-    dependents=_MISSING,
-    waiting_for_data=_MISSING,
-    waiters=_MISSING,
-    state="released",
-    previous=None,
-    next=None,
-    priority=None,
-    who_has=_MISSING,
-    coming_from=None,
-    resource_restrictions=_MISSING,
-    exception=None,
-    traceback=None,
-    exception_text="",
-    traceback_text="",
-    type=None,
-    suspicious_count=0,
-    startstops=_MISSING,
-    start_time=None,
-    stop_time=None,
-    metadata=_MISSING,
-    nbytes=None,
-    annotations=None,
-    span_id=None,
-    done=False,
-    *,
-    duration=None,
-):
-    """The constructor's signature, for inspect (a compiled __init__ shows none)."""
-
-
 def _shown_signature():
-    """_init_signature, with fresh-container defaults shown as dataclasses show them."""
-    import dataclasses
+    """Stock TaskState's constructor signature plus our keyword-only ``duration``
+    (a compiled __init__ has no introspectable signature of its own)."""
     import inspect
 
-    factory = getattr(dataclasses, "_HAS_DEFAULT_FACTORY", None)
-    sig = inspect.signature(_init_signature)
-    return sig.replace(parameters=[
-        p.replace(default=factory) if p.default is _MISSING and factory is not None else p
-        for p in sig.parameters.values()
-    ])
+    from distributed.worker_state_machine import TaskState as StockTaskState
+
+    sig = inspect.signature(StockTaskState)
+    duration = inspect.Parameter("duration", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return sig.replace(parameters=[*sig.parameters.values(), duration])
 
 
 @cython.freelist(256)
