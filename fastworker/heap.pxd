@@ -84,4 +84,5 @@ cdef class PriorityHeapSet:
     cdef int _heapify(self) except -1
     cdef int _maybe_compact(self) except -1
     cdef int _compact(self) except -1
+    cdef bint _take(self, object value) except -1
     cdef void _release_all(self) noexcept

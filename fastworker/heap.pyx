@@ -472,6 +472,18 @@ cdef class PriorityHeapSet:
             self._maybe_compact()
         return 0
 
+    cdef bint _take(self, object value) except -1:
+        """If ``value`` (just removed from the entries) is a member, remove it from
+        the members too, as pop does; then clear or compact as needed."""
+        if not PySet_Contains(self._members, value):
+            return False
+        PySet_Discard(self._members, value)
+        if PySet_GET_SIZE(self._members) == 0:
+            self.clear_c()
+        elif self._n >= self._compact_at:
+            self._maybe_compact()
+        return True
+
     cdef object pop_c(self):
         """``pop``: remove and return the smallest member. KeyError if empty."""
         cdef HeapEntry e
@@ -484,12 +496,7 @@ cdef class PriorityHeapSet:
             self._is_sorted = False
             value = _entry_value(&e)
             _release_entry(&e)
-            if PySet_Contains(self._members, value):
-                PySet_Discard(self._members, value)
-                if PySet_GET_SIZE(self._members) == 0:
-                    self.clear_c()
-                elif self._n >= self._compact_at:
-                    self._maybe_compact()
+            if self._take(value):
                 return value
 
     cdef object peek_c(self):
@@ -862,12 +869,7 @@ cdef class PriorityHeapSet:
             e = self._entries[self._n]
             value = _entry_value(&e)
             _release_entry(&e)
-            if PySet_Contains(self._members, value):
-                PySet_Discard(self._members, value)
-                if PySet_GET_SIZE(self._members) == 0:
-                    self.clear_c()
-                elif self._n >= self._compact_at:
-                    self._maybe_compact()
+            if self._take(value):
                 return value
 
     def sorted(self):
