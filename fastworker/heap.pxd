@@ -80,6 +80,7 @@ cdef class PriorityHeapSet:
     cdef int _reserve(self, Py_ssize_t n) except -1
     cdef int _append_entry(self, object key, object elem, long long inc) except -1
     cdef int _heappop_entry(self, HeapEntry* out) except -1
+    cdef int _reorder(self, bint full_sort) except -1
     cdef int _sort(self) except -1
     cdef int _heapify(self) except -1
     cdef int _maybe_compact(self) except -1

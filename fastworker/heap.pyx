@@ -608,24 +608,25 @@ cdef class PriorityHeapSet:
         self._busy -= 1
         return 0
 
-    cdef int _sort(self) except -1:
+    cdef int _reorder(self, bint full_sort) except -1:
+        """Sort the entries (a sorted array is a valid heap) or just heapify them,
+        with the array marked busy while comparisons may run Python code."""
+        cdef int rc
         self._check_idle()
         self._busy += 1
-        if _sort_array(self._entries, self._n) < 0:
-            self._busy -= 1
-            return -1
+        rc = (_sort_array if full_sort else _heapify_array)(self._entries, self._n)
         self._busy -= 1
-        self._is_sorted = True
+        if rc < 0:
+            return -1
+        if full_sort:
+            self._is_sorted = True
         return 0
 
+    cdef int _sort(self) except -1:
+        return self._reorder(True)
+
     cdef int _heapify(self) except -1:
-        self._check_idle()
-        self._busy += 1
-        if _heapify_array(self._entries, self._n) < 0:
-            self._busy -= 1
-            return -1
-        self._busy -= 1
-        return 0
+        return self._reorder(False)
 
     cdef int _maybe_compact(self) except -1:
         if (
