@@ -6,8 +6,9 @@
 
 - ``client.register_plugin(fastworker.FastWorkerPlugin())``
 - ``dask worker SCHED --preload fastworker`` (this module's ``dask_setup``)
-- ``dask worker SCHED --worker-class fastworker.Worker`` and
-  ``LocalCluster(worker_class=fastworker.Worker)``
+- ``dask worker SCHED --worker-class fastworker.Worker``,
+  ``LocalCluster(worker_class=fastworker.Worker)`` (workers in this process) and
+  ``LocalCluster(worker_class=fastworker.Nanny)`` (worker processes)
 - ``Worker(WorkerStateClass=fastworker.WorkerState)``
 
 Next to another distributed release, importing fastworker warns once
@@ -42,6 +43,7 @@ else:  # keep distributed's own classes, so that no way in installs ours
 
 from fastworker.worker import (  # noqa: E402
     FastWorkerPlugin,
+    Nanny,
     Worker,
     dask_setup,
     status,
@@ -50,6 +52,7 @@ from fastworker.worker import (  # noqa: E402
 __all__ = [
     "DISTRIBUTED_SUPPORTED",
     "FastWorkerPlugin",
+    "Nanny",
     "SUPPORTED_DASK",
     "SUPPORTED_DISTRIBUTED",
     "TASK_STATES",

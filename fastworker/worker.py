@@ -288,6 +288,20 @@ class Worker(distributed.Worker):
         _expose_metric(self)
 
 
+class Nanny(distributed.Nanny):
+    """``distributed.Nanny`` whose worker process runs :class:`fastworker.Worker`.
+
+    ``LocalCluster(worker_class=fastworker.Nanny)`` gives worker processes (as
+    ``LocalCluster()`` does with distributed's Nanny), where
+    ``LocalCluster(worker_class=fastworker.Worker)`` runs the workers inside the
+    calling process, as distributed does for any Worker class. An explicit
+    ``worker_class=`` argument wins.
+    """
+
+    def __init__(self, *args: Any, worker_class: Any = None, **kwargs: Any):
+        super().__init__(*args, worker_class=worker_class or Worker, **kwargs)
+
+
 def dask_setup(server: Any) -> None:
     """Preload hook: ``dask worker SCHED --preload fastworker``.
 

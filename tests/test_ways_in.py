@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+import os
 import subprocess
 import sys
 import textwrap
@@ -146,8 +147,6 @@ def test_config_key_has_a_default_and_reads_the_environment():
 
 
 def _env():
-    import os
-
     return dict(os.environ)
 
 
@@ -296,22 +295,37 @@ def test_import_next_to_an_unsupported_release_exports_stock_classes():
     assert out.stdout.split("\n")[:2] == ["True True", "fastworker.workerstate"]
 
 
-# --- processes: LocalCluster(worker_class=...) ------------------------------------------------
+# --- LocalCluster(worker_class=...) ---------------------------------------------------------
 
 
-def test_local_cluster_worker_class_processes():
+def test_local_cluster_worker_class_runs_workers_in_this_process():
     with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        worker_class=fastworker.Worker,
-        dashboard_address=":0",
+        n_workers=2, threads_per_worker=1, worker_class=fastworker.Worker, dashboard_address=":0"
     ) as cluster, Client(cluster) as client:
+        assert not cluster.processes
         status = client.run(fastworker.status)
         assert [s["state_class"] for s in status.values()] == [
             "fastworker.workerstate.WorkerState"
         ] * 2
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
         x = client.scatter(list(range(100)), broadcast=False)
         assert client.submit(sum, x).result() == 4950
-        kinds = client.run(lambda dask_worker: type(dask_worker.state).__name__)
-        assert set(kinds.values()) == {"WorkerState"}
+
+
+def test_local_cluster_nanny_runs_worker_processes():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, worker_class=fastworker.Nanny, dashboard_address=":0"
+    ) as cluster, Client(cluster) as client:
+        assert cluster.processes
+        status = client.run(fastworker.status)
+        assert [s["state_class"] for s in status.values()] == [
+            "fastworker.workerstate.WorkerState"
+        ] * 2
+        pids = set(client.run(os.getpid).values())
+        assert len(pids) == 2 and os.getpid() not in pids
+        x = client.scatter(list(range(100)), broadcast=False)
+        assert client.submit(sum, x).result() == 4950
+        # A restarted worker process comes back compiled.
+        client.restart()
+        status = client.run(fastworker.status)
+        assert [s["fastworker"] for s in status.values()] == [True, True]
