@@ -183,7 +183,13 @@ def test_work_stealing(client):
     assert set(where) == {a, b}
 
 
-def test_cancel_while_running(client):
+def test_cancel_while_running(kind):
+    with make_cluster(kind, n_workers=1) as cluster, Client(cluster) as client:
+        cancel_while_running(client)
+        validate_workers(client)
+
+
+def cancel_while_running(client):
     ev = Event()
     started = Event()
 
@@ -210,11 +216,18 @@ def test_introspection_http_and_cluster_dump(client, tmp_path):
     counts = client.run(lambda dask_worker: dask_worker.state.task_counter.current_count(by_prefix=False))
     assert len(counts) == 2
     ports = client.run(lambda dask_worker: dask_worker.http_server.port)
+    future = client.submit(inc, 1)
+    future.result()
+    memory_gauges = []
     for port in ports.values():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.read() == b"ok"
-    future = client.submit(inc, 1)
-    future.result()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        # Read from the state's nthreads and task counter.
+        assert "dask_worker_threads 2.0" in metrics
+        memory_gauges += [m for m in metrics.splitlines() if m.startswith('dask_worker_tasks{state="memory"}')]
+    assert memory_gauges == ['dask_worker_tasks{state="memory"} 1.0']
     stories = client.story(future.key)
     # The worker's part of the story: (worker, key, start, finish, ...).
     assert any(s[0] != "scheduler" and s[2:4] == ("executing", "memory") for s in stories)
