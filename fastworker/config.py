@@ -14,6 +14,16 @@ DEFAULTS: dict = {
         # Whether the ways in (plugin, preload, fastworker.Worker) install the compiled
         # state machine. False keeps distributed's stock one without uninstalling.
         "enabled": True,
+        # The in-process executor (fastworker.inline): tiny tasks run on the event
+        # loop in batches instead of going through the thread pool.
+        "inline": {
+            "enabled": True,
+            # A prefix whose tasks take less than this on average runs inline; a
+            # task that takes longer demotes its prefix to the thread pool.
+            "max-duration": "1ms",
+            # Each batch runs for at most about this long, then yields to the loop.
+            "batch-time": "10ms",
+        },
     }
 }
 

@@ -25,6 +25,7 @@ from distributed.worker_state_machine import WorkerState as StockWorkerState
 
 from fastworker import compat, config
 from fastworker._version import __version__
+from fastworker.inline import InlineExecution
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -187,6 +188,7 @@ def install(worker: Any, *, via: str) -> bool:
     what = f"worker {_worker_name(worker)} ({via})"
     if is_compiled(worker.state):
         worker._fastworker_reason = None
+        InlineExecution.install(worker)
         return True
     reason = refusal_reason()
     if reason is None:
@@ -202,6 +204,7 @@ def install(worker: Any, *, via: str) -> bool:
             return False
         worker.state = compiled_copy(worker.state)
         worker._fastworker_reason = None
+        InlineExecution.install(worker)
         logger.info("fastworker: %s now runs the compiled state machine", what)
         return True
     _log_refusal(what, reason)
@@ -225,16 +228,22 @@ def _fastworker_metric(worker: Any) -> int:
 
 
 def _expose_metric(worker: Any) -> None:
+    """Publish the scheduler-visible metric; make ``executor="inline"`` annotations
+    valid on this worker whatever it runs (the default pool when not inline)."""
     metrics = getattr(worker, "metrics", None)
     if isinstance(metrics, dict):
         metrics[METRIC] = _fastworker_metric
+    executors = getattr(worker, "executors", None)
+    if isinstance(executors, dict) and "default" in executors:
+        executors.setdefault("inline", executors["default"])
 
 
 def status(dask_worker: Any) -> dict:
     """What a worker runs; meant for ``client.run(fastworker.status)``.
 
     ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
-    "reason": why stock is kept (None if it is not)}``.
+    "reason": why stock is kept (None if it is not), "inline": whether tiny tasks
+    run in the in-process executor}``.
     """
     state_type = type(dask_worker.state)
     compiled = is_compiled(dask_worker.state)
@@ -245,6 +254,7 @@ def status(dask_worker: Any) -> dict:
         "reason": None if compiled else getattr(
             dask_worker, "_fastworker_reason", "not installed on this worker"
         ),
+        "inline": getattr(dask_worker, "_fastworker_inline", None) is not None,
     }
 
 
@@ -286,6 +296,8 @@ class Worker(distributed.Worker):
         super().__init__(*args, WorkerStateClass=WorkerStateClass, **kwargs)
         self._fastworker_reason = reason
         _expose_metric(self)
+        if is_compiled(self.state):
+            InlineExecution.install(self)
 
 
 class Nanny(distributed.Nanny):

@@ -1,0 +1,275 @@
+"""The in-process executor (fastworker.inline): same results and semantics as the
+thread pool, bounded batches, demotion of slow prefixes, the off switch."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import operator
+import time
+import traceback
+
+import pytest
+
+import dask
+import distributed
+from distributed import Client, Scheduler, get_client, get_worker, secede, rejoin
+
+import fastworker
+
+VAR = contextvars.ContextVar("fastworker_test_var", default="unset")
+
+
+def run(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def tiny(x):
+    return x + 1
+
+
+def prime(worker, prefix="tiny"):
+    """Make ``prefix`` known as tiny on ``worker`` (as if measured in the pool)."""
+    worker._fastworker_inline.durations[prefix] = 1e-5
+
+
+async def cluster(**worker_kwargs):
+    s = await Scheduler(dashboard_address=":0")
+    w = await fastworker.Worker(s.address, nthreads=2, validate=True, **worker_kwargs)
+    c = await Client(s.address, asynchronous=True)
+    return s, w, c
+
+
+async def close(s, w, c):
+    await c.close()
+    await w.close()
+    await s.close()
+
+
+def test_installed_with_the_compiled_state_and_reported():
+    async def main():
+        s, w, c = await cluster()
+        try:
+            status = (await c.run(fastworker.status))[w.address]
+            assert status["fastworker"] and status["inline"]
+            assert "inline" in w.executors
+        finally:
+            await close(s, w, c)
+
+    run(main())
+
+
+def test_measured_prefix_goes_inline_with_identical_results():
+    async def main():
+        s, w, c = await cluster()
+        try:
+            inline = w._fastworker_inline
+            # First ones run in the pool and are measured; the rest run inline.
+            futures = c.map(tiny, range(300), key=[f"tiny-{i}" for i in range(300)])
+            assert await c.gather(futures) == list(range(1, 301))
+            assert inline.durations["tiny"] < 1e-3
+            assert inline.inline_count > 0
+            before = inline.inline_count
+            futures = c.map(tiny, range(300, 600), key=[f"tiny-{i}" for i in range(300, 600)])
+            assert await c.gather(futures) == list(range(301, 601))
+            assert inline.inline_count - before == 300  # all of them
+            assert inline.batch_count > 0 and not inline.demoted
+
+            # Dependencies: a fan-in tree of tiny tasks, all inline.
+            leaves = [dask.delayed(tiny, name=f"tiny-leaf-{i}")(i) for i in range(64)]
+            total = dask.delayed(sum, name="tiny-sum")(leaves)
+            prime(w, "tiny-leaf")
+            prime(w, "tiny-sum")
+            assert await c.compute(total) == sum(range(1, 65))
+            # The state machine saw what a thread pool run shows: startstops, threads.
+            future = c.submit(tiny, 1, key="tiny-12345")
+            assert await future == 2
+            ts = w.state.tasks["tiny-12345"]
+            (compute,) = [s for s in ts.startstops if s["action"] == "compute"]
+            assert compute["stop"] >= compute["start"] > 0
+            assert w.threads["tiny-12345"] == w.loop.asyncio_loop._thread_id
+            w.state.validate_state()
+        finally:
+            await close(s, w, c)
+
+    run(main())
+
+
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def where():
+    return get_worker().address, VAR.get()
+
+
+def set_var():
+    VAR.set("leaked?")
+    return VAR.get()
+
+
+def test_annotation_errors_tracebacks_and_get_worker():
+    async def main():
+        s, w, c = await cluster()
+        try:
+            inline = w._fastworker_inline
+            with dask.annotate(executor="inline"):
+                bad = c.compute(dask.delayed(boom)(3))
+                addr = c.compute(dask.delayed(where)())
+                setter = c.compute(dask.delayed(set_var)())
+            with pytest.raises(ValueError, match="boom 3"):
+                await bad
+            tb = "".join(traceback.format_tb(await bad.traceback()))
+            assert "in boom" in tb
+            assert await addr == (w.address, "unset")
+            assert await setter == "leaked?"
+            with dask.annotate(executor="inline"):
+                after = c.compute(dask.delayed(where)(dask_key_name="where-after"))
+            # Each task ran in its own copy of the context: nothing leaked.
+            assert await after == (w.address, "unset")
+            assert inline.inline_count == 4
+            assert w.state.tasks[bad.key].state == "error"
+        finally:
+            await close(s, w, c)
+
+    run(main())
+
+
+def test_get_client_and_secede_fall_back_to_a_thread():
+    def uses_client(x):
+        client = get_client()
+        return client.submit(operator.add, x, 1, pure=False).result()
+
+    def secedes(x):
+        secede()
+        time.sleep(0.01)
+        rejoin()
+        return x * 2
+
+    async def main():
+        s, w, c = await cluster()
+        try:
+            inline = w._fastworker_inline
+            with dask.annotate(executor="inline"):
+                a = c.compute(dask.delayed(uses_client)(41))
+                b = c.compute(dask.delayed(secedes)(21))
+            assert await a == 42
+            assert await b == 42
+            assert inline.fallback_count == 2
+            assert {"uses_client", "secedes"} <= inline.demoted
+            # Their later tasks go straight to the pool.
+            with dask.annotate(executor="inline"):
+                again = c.compute(dask.delayed(uses_client)(1, dask_key_name="uses_client-2"))
+            assert await again == 2
+            assert inline.fallback_count == 2
+        finally:
+            await close(s, w, c)
+
+    run(main())
+
+
+def test_resources_and_cancellation_inline():
+    async def main():
+        s, w, c = await cluster(resources={"R": 1})
+        try:
+            inline = w._fastworker_inline
+            prime(w)
+
+            def tiny_checks_resources(x):
+                worker = get_worker()
+                return sum(1 for ts in worker.state.executing if ts.resource_restrictions)
+
+            prime(w, "tiny_checks_resources")
+            futures = c.map(
+                tiny_checks_resources, range(50), resources={"R": 1}, pure=False,
+                key=[f"tiny_checks_resources-{i}" for i in range(50)],
+            )
+            assert set(await c.gather(futures)) == {1}
+            assert w.state.available_resources == {"R": 1}
+
+            futures = c.map(tiny, range(500), key=[f"tiny-{i}" for i in range(500)])
+            await asyncio.sleep(0.01)
+            await c.cancel(futures)
+            deadline = time.monotonic() + 30
+            while w.state.tasks:
+                assert time.monotonic() < deadline, w.state.tasks
+                await asyncio.sleep(0.01)
+            w.state.validate_state()
+            assert inline.inline_count > 0
+            assert await c.submit(tiny, 1, key="tiny-after") == 2
+        finally:
+            await close(s, w, c)
+
+    run(main())
+
+
+def test_slow_task_in_tiny_prefix_is_demoted_and_loop_stays_responsive():
+    def tiny_or_slow(x):
+        if x < 0:
+            time.sleep(0.05)
+        return x
+
+    async def main():
+        s, w, c = await cluster()
+        inline = w._fastworker_inline
+        gaps = []
+        stop = asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        try:
+            prime(w, "tiny_or_slow")
+            xs = list(range(200)) + [-1] * 6 + list(range(200, 400))
+            futures = c.map(tiny_or_slow, xs, key=[f"tiny_or_slow-{i}" for i in range(len(xs))])
+            assert await c.gather(futures) == xs
+            assert "tiny_or_slow" in inline.demoted
+            slow_inline = inline.inline_count - 400
+            assert slow_inline <= 2  # two strikes, then the pool
+        finally:
+            stop.set()
+            await tick
+            await close(s, w, c)
+        # The loop was never blocked much beyond one slow task plus one batch
+        # (0.05 s + 0.01 s; generous slack for this shared machine).
+        assert max(gaps) < 0.05 + 0.01 + 0.15, max(gaps)
+
+    run(main())
+
+
+def test_off_switch():
+    async def main():
+        s, w, c = await cluster()
+        try:
+            assert getattr(w, "_fastworker_inline", None) is None
+            assert (await c.run(fastworker.status))[w.address]["inline"] is False
+            with dask.annotate(executor="inline"):
+                x = c.compute(dask.delayed(lambda: get_worker().address)())
+            assert await x == w.address  # ran in the default pool
+            futures = c.map(tiny, range(100), key=[f"tiny-{i}" for i in range(100)])
+            assert await c.gather(futures) == list(range(1, 101))
+        finally:
+            await close(s, w, c)
+
+    with dask.config.set({"fastworker.inline.enabled": False}):
+        run(main())
+
+
+def test_plugin_installs_inline_on_a_stock_worker():
+    async def main():
+        async with Scheduler(dashboard_address=":0") as s, distributed.Worker(
+            s.address, nthreads=1
+        ) as w, Client(s.address, asynchronous=True) as c:
+            await c.register_plugin(fastworker.FastWorkerPlugin())
+            inline = w._fastworker_inline
+            prime(w)
+            futures = c.map(tiny, range(100), key=[f"tiny-{i}" for i in range(100)])
+            assert await c.gather(futures) == list(range(1, 101))
+            assert inline.inline_count == 100
+
+    run(main())
