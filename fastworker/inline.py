@@ -47,8 +47,11 @@ from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.exceptions import Reschedule
 from distributed.metrics import time
+from distributed.core import error_message
 from distributed.threadpoolexecutor import thread_state as pool_thread_state
-from distributed.worker import _run_task
+from distributed.utils import thread_state
+from distributed.worker import _worker_cvar
+from dask.sizeof import sizeof
 from distributed.worker_state_machine import (
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
@@ -274,22 +277,16 @@ class InlineExecution:
             else None
         )
         worker.active_keys.add(key)
+        ident = threading.get_ident()
         pool_thread_state.executor = _NO_THREAD_POOL
-        self.inline_thread = threading.get_ident()
+        self.inline_thread = ident
         if span_ctx is not None:
             span_ctx.__enter__()
         gc_before = _GC_CLOCK.total
         try:
             ts.start_time = time()
-            result = contextvars.copy_context().run(
-                _run_task,
-                ts.run_spec,
-                data,
-                worker.execution_state,
-                key,
-                worker.active_threads,
-                worker.active_threads_lock,
-                worker.scheduler_delay,
+            ok, value, start, stop = contextvars.copy_context().run(
+                _call_task, ts.run_spec, data, worker, key, ident
             )
         finally:
             if span_ctx is not None:
@@ -301,9 +298,9 @@ class InlineExecution:
             worker.active_keys.discard(key)
 
         prefix = ts.prefix
-        if isinstance(result.get("actual_exception"), NeedsThread):
+        if not ok and isinstance(value["actual_exception"], NeedsThread):
             self.fallback_count += 1
-            self._demote(prefix, str(result["actual_exception"]))
+            self._demote(prefix, str(value["actual_exception"]))
             self._start(
                 f"execute({key!r})", worker.execute, key,
                 span_id=span_id, stimulus_id=stimulus_id,
@@ -311,7 +308,7 @@ class InlineExecution:
             return None
 
         self.inline_count += 1
-        duration = max(0.0, result["stop"] - result["start"])
+        duration = max(0.0, stop - start)
         # What the task's own code took: without garbage collections that ran in it.
         own = max(0.0, duration - (_GC_CLOCK.total - gc_before))
         self._measured(prefix, own)
@@ -330,22 +327,24 @@ class InlineExecution:
                 self.strikes[prefix] = strikes
         if self.durations[prefix] > self.max_duration:
             self._demote(prefix, f"they take {self.durations[prefix] * 1000:.2f} ms on average")
-        worker.threads[key] = result["thread"]
-        if result["op"] == "task-finished":
+        worker.threads[key] = ident
+        delay = worker.scheduler_delay
+        if ok:
             if worker.digests is not None:
                 worker.digests["task-duration"].add(duration)
             return ExecuteSuccessEvent(
                 key=key,
                 run_id=run_id,
-                value=result["result"],
-                start=result["start"],
-                stop=result["stop"],
-                nbytes=result["nbytes"],
-                type=result["type"],
+                value=value,
+                start=start + delay,
+                stop=stop + delay,
+                nbytes=sizeof(value),
+                type=type(value) if value is not None else None,
                 stimulus_id=f"task-finished-{time()}",
             )
-        if isinstance(result["actual_exception"], Reschedule):
+        if isinstance(value["actual_exception"], Reschedule):
             return RescheduleEvent(key=key, stimulus_id=f"reschedule-{time()}")
+        result = value
         if ts.state in ("executing", "long-running", "resumed"):
             logger.error(
                 "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\n"
@@ -357,7 +356,39 @@ class InlineExecution:
             result,
             key=key,
             run_id=run_id,
-            start=result["start"],
-            stop=result["stop"],
+            start=start + delay,
+            stop=stop + delay,
             stimulus_id=f"task-erred-{time()}",
         )
+
+
+def _call_task(task, data, worker, key, ident):
+    """Run one task as a pool thread would (``get_worker()``, the thread state that
+    ``secede`` reads, ``Worker.active_threads`` for the profiler); called in a copy
+    of the context, so the worker context variable needs no reset.
+
+    Returns ``(ok, result or error message, start, stop)``; the error message is
+    distributed's (``error_message``), with ``actual_exception`` as in the pool.
+    """
+    _worker_cvar.set(worker)
+    start = time()
+    state = thread_state.__dict__
+    state["start_time"] = start
+    state["execution_state"] = worker.execution_state
+    state["key"] = key
+    active_threads = worker.active_threads
+    with worker.active_threads_lock:
+        active_threads[ident] = key
+    try:
+        return True, task(data), start, time()
+    except (SystemExit, KeyboardInterrupt):
+        raise  # as in the pool: these stop the worker
+    except BaseException as exc:  # noqa: B036 - user code may raise anything
+        msg = error_message(exc)  # reads the traceback being handled
+        msg["actual_exception"] = exc
+        return False, msg, start, time()
+    finally:
+        with worker.active_threads_lock:
+            del active_threads[ident]
+        for name in ("start_time", "execution_state", "key"):
+            state.pop(name, None)
