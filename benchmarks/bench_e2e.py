@@ -270,7 +270,7 @@ def run_once(client: Client, workload, n: int) -> dict:
         "sm_seconds": delta["sm_seconds"],
         "sm_calls": delta["sm_calls"],
         "stimuli": delta["stimuli"],
-        "transfers": delta["transfers"],
+        "transfers": delta["transfers"],  # incoming transfers (one may bring several keys)
         "client_cpu": client_cpu,  # client and scheduler share this process
     }
 
@@ -326,7 +326,7 @@ def _run(tasks, repeats, progress, configs, workloads):
                 state_classes.setdefault(config, {})[impl] = ", ".join(sorted(kinds))
             for name in names:
                 workload = WORKLOADS[name]
-                warm = max(100, tasks // 10)
+                warm = min(tasks, max(50, tasks // 10))
                 for impl, (_, client) in clusters.items():
                     workload(client, warm, sorted(client.scheduler_info()["workers"]))()
                     _settle(client)
