@@ -129,13 +129,14 @@ def text_report(record: dict) -> str:
 def markdown_report(record: dict) -> str:
     out = [line + "\n" for line in describe_run(record)]
     if record.get("rows"):
+        counts = sorted({len(r["stock"]) for r in record["rows"]})
         out += ["## Isolated state machine", "",
-                f"Medians of {record['repeats']} repeats (the 100,000-task lifecycles: "
-                "at least 3); speedup = stock time / fastworker time.", "",
+                f"Medians of {'-'.join(map(str, counts))} repeats, stock and fastworker "
+                "alternating; speedup = stock time / fastworker time.", "",
                 isolated_table(record, markdown=True), ""]
     if record.get("e2e", {}).get("rows"):
         out += ["## End to end", "",
-                "Medians over repeats, stock / fastworker. *speedup*: stock wall time / "
+                f"Medians of {record['e2e']['info']['repeats']} repeats, stock / fastworker. *speedup*: stock wall time / "
                 "fastworker wall time; *CPU ratio*: stock worker CPU per task / fastworker's; "
                 "*in state machine*: time inside the workers' state machine as a share of "
                 "their process CPU time.", "",
