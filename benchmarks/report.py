@@ -127,7 +127,8 @@ def text_report(record: dict) -> str:
 
 
 def markdown_report(record: dict) -> str:
-    out = [line + "\n" for line in describe_run(record)]
+    out = [f"**Note:** {record['note']}\n"] if record.get("note") else []
+    out += [line + "\n" for line in describe_run(record)]
     if record.get("rows"):
         counts = sorted({len(r["stock"]) for r in record["rows"]})
         out += ["## Isolated state machine", "",
@@ -250,6 +251,8 @@ def write_all(record: dict, out: str) -> list[str]:
         path = os.path.join(out, name)
         if plot(record, path):
             written.append(path)
+        elif os.path.exists(path):  # an earlier run's plot would not match this record
+            os.remove(path)
     return written
 
 

@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-configs", type=lambda s: s.split(","),
                         help=f"cluster shapes, comma-separated (default {','.join(bench_e2e.CONFIGS)})")
     parser.add_argument("--workload", help="end-to-end workloads whose name contains this")
+    parser.add_argument("--note", help="a remark about this run (e.g. what else the machine "
+                        "was doing), kept in results.json and shown above the tables in table.md")
     args = parser.parse_args(argv)
     args.only = args.only or list(DEFAULT_GROUPS)
     args.sizes = args.sizes or ([1_000, 10_000, 100_000] if args.full else [1_000, 10_000])
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "schema": 1,
         "command": command,
+        "note": args.note,
         "options": {k: v for k, v in vars(args).items()},
         "repeats": args.repeats,
         "rows": [row_record(r) for r in rows],
