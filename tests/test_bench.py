@@ -26,7 +26,7 @@ def bench_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, RUN, "--only", "lifecycle", "--only", "e2e", "--scenario", "chain",
          "--sizes", "100,300", "--repeats", "1", "--e2e-tasks", "120", "--e2e-repeats", "1",
-         "--e2e-configs", "2x1", "--quiet", "--out", str(out)],
+         "--e2e-configs", "2x1", "--quiet", "--note", "a tiny test run", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -51,6 +51,7 @@ def test_results_json_has_versions_machine_and_raw_repeats(bench_run):
                 "distributed", "fastworker"):
         assert env[key], key
     assert record["command"].startswith("benchmarks/run.py --only lifecycle")
+    assert record["note"] == "a tiny test run"
     rows = record["rows"]
     assert [(r["group"], r["case"]) for r in rows] == [("lifecycle", "chain")] * 2
     assert [r["n"] for r in rows] == [100, 300]
@@ -92,6 +93,7 @@ def test_e2e_rows_measure_both_implementations(bench_run):
 def test_table_and_plots_written(bench_run):
     out, _, record = bench_run
     table = (out / "table.md").read_text()
+    assert table.startswith("**Note:** a tiny test run\n")
     assert "## Isolated state machine" in table and "## End to end" in table
     assert "| 2x1     | transfers" in table
     for name in ("lifecycle.png", "e2e.png"):
