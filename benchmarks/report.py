@@ -211,7 +211,7 @@ def plot_e2e(record: dict, path: str) -> bool:
         ("wall", "wall time (s)", "wall_speedup"),
         ("cpu_us_per_task", "worker CPU per task (µs)", "cpu_ratio"),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.5 * len(rows) + 3) * 1.1, 4.2))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.05 * len(rows) + 2), 7.6))
     width = 0.38
     for ax, (key, title, ratio) in zip(axes, metrics):
         xs = range(len(rows))

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"fastworker benchmark ({'full' if args.full else 'quick'}): {', '.join(args.only)}; "
           f"results in {args.out}/", flush=True)
+    env = environment()  # at the start: the commit and date of the code that runs
     start = time.perf_counter()
     rows = []
     if "taskstate" in args.only:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         record["e2e"] = {"info": info, "rows": [bench_e2e.row_record(r) for r in e2e_rows]}
     record["elapsed_s"] = time.perf_counter() - start
-    record["environment"] = environment()
+    record["environment"] = {**env, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
