@@ -1,9 +1,22 @@
 """fastworker: a Cython-compiled drop-in for distributed's worker state machine.
 
-``fastworker.TaskState`` behaves like ``distributed.worker_state_machine.TaskState``
-of the supported distributed release (``fastworker.SUPPORTED_DISTRIBUTED``).
-Importing fastworker next to another distributed release warns once, with the
-reason, on the ``distributed.fastworker`` logger and as an UnsupportedVersionWarning.
+``fastworker.WorkerState`` and ``fastworker.TaskState`` behave like the classes of
+``distributed.worker_state_machine`` of the supported distributed release
+(``fastworker.SUPPORTED_DISTRIBUTED``). The ways into a worker:
+
+- ``client.register_plugin(fastworker.FastWorkerPlugin())``
+- ``dask worker SCHED --preload fastworker`` (this module's ``dask_setup``)
+- ``dask worker SCHED --worker-class fastworker.Worker``,
+  ``LocalCluster(worker_class=fastworker.Worker)`` (workers in this process) and
+  ``LocalCluster(worker_class=fastworker.Nanny)`` (worker processes)
+- ``Worker(WorkerStateClass=fastworker.WorkerState)``
+
+Next to another distributed release, importing fastworker warns once
+(UnsupportedVersionWarning) and every way in keeps distributed's stock state
+machine: ``fastworker.WorkerState`` and ``fastworker.TaskState`` are then
+distributed's own classes, and the compiled ones stay in ``fastworker.workerstate``
+and ``fastworker.taskstate``. ``fastworker.enabled: False`` in dask's config also
+keeps the stock state machine, without uninstalling.
 """
 from fastworker._version import __version__
 from fastworker.compat import (
@@ -15,22 +28,42 @@ from fastworker.compat import (
     is_supported,
 )
 
-#: Whether the installed distributed is one this build reproduces exactly.
-DISTRIBUTED_SUPPORTED: bool = check_distributed_version()
+from fastworker import config  # noqa: E402  (registers the fastworker.* config keys)
 
-from fastworker.taskstate import TASK_STATES, TaskState  # noqa: E402
-from fastworker.workerstate import WorkerState  # noqa: E402
+#: Whether the installed distributed is one this build reproduces exactly.
+DISTRIBUTED_SUPPORTED: bool = check_distributed_version(log=False)
+
+if DISTRIBUTED_SUPPORTED:
+    from fastworker.taskstate import TASK_STATES, TaskState
+    from fastworker.workerstate import WorkerState
+else:  # keep distributed's own classes, so that no way in installs ours
+    from distributed.worker_state_machine import TaskState, WorkerState
+
+    TASK_STATES = ()
+
+from fastworker.worker import (  # noqa: E402
+    FastWorkerPlugin,
+    Nanny,
+    Worker,
+    dask_setup,
+    status,
+)
 
 __all__ = [
     "DISTRIBUTED_SUPPORTED",
+    "FastWorkerPlugin",
+    "Nanny",
     "SUPPORTED_DASK",
     "SUPPORTED_DISTRIBUTED",
     "TASK_STATES",
     "TaskState",
     "UnsupportedVersionError",
     "UnsupportedVersionWarning",
+    "Worker",
     "WorkerState",
     "__version__",
     "check_distributed_version",
+    "dask_setup",
     "is_supported",
+    "status",
 ]

@@ -61,13 +61,13 @@ def unsupported_message(distributed: str | None) -> str:
 
 
 def check_distributed_version(
-    distributed: str | None = None, *, strict: bool = False
+    distributed: str | None = None, *, strict: bool = False, log: bool = True
 ) -> bool:
     """Check the installed (or given) distributed release against SUPPORTED_DISTRIBUTED.
 
     Returns True when it is supported. Otherwise raises UnsupportedVersionError if
-    ``strict``, else logs the reason on the ``distributed.fastworker`` logger, emits
-    an UnsupportedVersionWarning and returns False.
+    ``strict``, else logs the reason on the ``distributed.fastworker`` logger (unless
+    ``log`` is False), emits an UnsupportedVersionWarning and returns False.
     """
     if distributed is None:
         distributed = distributed_version()
@@ -76,6 +76,7 @@ def check_distributed_version(
     message = unsupported_message(distributed)
     if strict:
         raise UnsupportedVersionError(message)
-    logger.warning(message)
+    if log:
+        logger.warning(message)
     warnings.warn(message, UnsupportedVersionWarning, stacklevel=2)
     return False
