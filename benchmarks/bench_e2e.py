@@ -43,10 +43,11 @@ import fastworker
 
 #: The one place that says how each implementation's workers are made: extra
 #: keyword arguments for LocalCluster (which hands unknown ones to each Worker).
-#: fastworker's entry could equally be {"worker_class": fastworker.Worker}.
+#: fastworker's workers are fastworker.Worker, the way in for clusters one starts
+#: ({"WorkerStateClass": fastworker.WorkerState} gives the same state machine).
 CLUSTER_KWARGS: dict[str, dict] = {
     "stock": {},
-    "fastworker": {"WorkerStateClass": fastworker.WorkerState},
+    "fastworker": {"worker_class": fastworker.Worker},
 }
 
 #: Cluster shapes: name -> (workers, threads per worker).
