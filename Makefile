@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# Extra arguments, e.g. `make test PYTEST_ARGS="-k taskstate"`, `make bench BENCH_ARGS=--full`
+# Extra arguments, e.g. `make test PYTEST_ARGS="-k taskstate"`, `make bench BENCH_ARGS=--full`,
+# `make bench BENCH_ARGS="--out docs/benchmark-run"` (results folder)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -14,7 +15,7 @@ SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd) setup.py
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.built
 
-.PHONY: all venv build test bench annotate clean distclean
+.PHONY: all venv build test bench docs annotate clean distclean
 
 all: build
 
@@ -24,7 +25,7 @@ $(PY):
 # Runtime pins, build tools and test extras; then the package itself (editable).
 $(DEPS_STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt "setuptools>=64" wheel "Cython>=3.0"
-	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,bench,docs]"
 	touch $@
 
 # Recompile the extension modules in place whenever a .pyx/.pxd changes.
@@ -42,13 +43,17 @@ test: build
 bench: build
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
+# The Sphinx site in docs/_build/html; any warning fails the build.
+docs: $(DEPS_STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 # Cython's HTML annotation (yellow = Python C-API calls) next to each .pyx.
 annotate: $(DEPS_STAMP)
 	FASTWORKER_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace --force
 	@ls fastworker/*.html
 
 clean:
-	rm -rf build fastworker/*.c fastworker/*.so fastworker/*.html $(BUILD_STAMP)
+	rm -rf build fastworker/*.c fastworker/*.so fastworker/*.html docs/_build $(BUILD_STAMP)
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -253,12 +253,11 @@ def run(sizes=(1_000, 10_000), repeats=5, progress=True, only=None) -> list[Row]
                 if isinstance(built, tuple):
                     built, ntasks = built
                 setups[impl] = built
-            reps = repeats if n <= 10_000 else max(3, repeats // 2)
             rows.append(
                 measure(
                     "lifecycle", name, ntasks,
                     stock=lambda: setups["stock"], fast=lambda: setups["fastworker"],
-                    repeats=reps, unit="us", progress=progress, gc_enabled=True,
+                    repeats=repeats, unit="us", progress=progress, gc_enabled=True,
                 )
             )
     return rows

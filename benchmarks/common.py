@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,18 +117,71 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def _git_commit() -> str | None:
+    """The checked-out commit of this repository (with ``-dirty`` for local changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def environment() -> dict:
     """Versions and machine, stored with the raw numbers."""
+    try:
+        import psutil
+
+        ram = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover - distributed depends on psutil
+        ram = None
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "os": _os_name(),
         "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
+        "ram_gib": ram,
         "distributed": version("distributed"),
         "dask": version("dask"),
         "fastworker": version("fastworker"),
+        "numpy": version("numpy"),
+        "git_commit": _git_commit(),
     }
+
+
+def row_record(r: Row) -> dict:
+    """A Row as stored in results.json: raw repeats, medians and speedup."""
+    return {**asdict(r), "stock_median": r.stock_median, "fastworker_median": r.fast_median,
+            "speedup": r.speedup}
 
 
 def write_json(path: str, rows: list[Row], repeats: int) -> None:
@@ -135,11 +189,7 @@ def write_json(path: str, rows: list[Row], repeats: int) -> None:
     record = {
         "environment": environment(),
         "repeats": repeats,
-        "rows": [
-            {**asdict(r), "stock_median": r.stock_median, "fastworker_median": r.fast_median,
-             "speedup": r.speedup}
-            for r in rows
-        ],
+        "rows": [row_record(r) for r in rows],
     }
     with open(path, "w") as f:
         json.dump(record, f, indent=1)

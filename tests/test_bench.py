@@ -1,0 +1,114 @@
+"""`make bench` end to end, on tiny sizes: the results folder and what is in it.
+
+One run of benchmarks/run.py in a subprocess (as `make bench` starts it): the
+chain lifecycle at two small N and every end-to-end workload on a 2x1 cluster of
+each implementation (worker processes), one repeat each, --quiet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "benchmarks", "run.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--only", "lifecycle", "--only", "e2e", "--scenario", "chain",
+         "--sizes", "100,300", "--repeats", "1", "--e2e-tasks", "120", "--e2e-repeats", "1",
+         "--e2e-configs", "2x1", "--quiet", "--note", "a tiny test run", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "results.json") as f:
+        record = json.load(f)
+    return out, proc, record
+
+
+def test_prints_both_tables_and_no_progress_when_quiet(bench_run):
+    _, proc, _ = bench_run
+    assert "Isolated state machine" in proc.stdout
+    assert "End to end on LocalCluster(processes=True)" in proc.stdout
+    for workload in ("map no-op", "array sum", "tree (fan-in 8)", "transfers"):
+        assert f"2x1      {workload}" in proc.stdout
+    assert "e2e:" not in proc.stderr and "done:" not in proc.stderr
+
+
+def test_results_json_has_versions_machine_and_raw_repeats(bench_run):
+    _, _, record = bench_run
+    env = record["environment"]
+    for key in ("date", "python", "os", "cpu_model", "cpus", "ram_gib", "dask",
+                "distributed", "fastworker"):
+        assert env[key], key
+    assert record["command"].startswith("benchmarks/run.py --only lifecycle")
+    assert record["note"] == "a tiny test run"
+    rows = record["rows"]
+    assert [(r["group"], r["case"]) for r in rows] == [("lifecycle", "chain")] * 2
+    assert [r["n"] for r in rows] == [100, 300]
+    for r in rows:
+        assert len(r["stock"]) == len(r["fastworker"]) == 1
+        assert r["speedup"] == pytest.approx(r["stock_median"] / r["fastworker_median"])
+
+
+def test_e2e_rows_measure_both_implementations(bench_run):
+    _, _, record = bench_run
+    info = record["e2e"]["info"]
+    assert info["state_classes"]["2x1"] == {
+        "stock": "distributed.worker_state_machine.WorkerState",
+        "fastworker": "fastworker.workerstate.WorkerState",
+    }
+    rows = record["e2e"]["rows"]
+    assert [r["workload"] for r in rows] == ["map no-op", "array sum", "tree (fan-in 8)", "transfers"]
+    for r in rows:
+        for impl in ("stock", "fastworker"):
+            (run,) = r[impl]
+            assert run["wall"] > 0 and run["tasks"] > 0
+            # the state machine ran, and took part of the workers' CPU time
+            assert run["stimuli"] >= run["tasks"]
+            assert 0 < run["sm_seconds"] < run["worker_cpu"]
+            med = r[f"{impl}_median"]
+            assert med["tasks_per_s"] == pytest.approx(run["tasks"] / run["wall"])
+            assert 0 < med["sm_share"] < 1
+        assert r["stock"][0]["tasks"] == r["fastworker"][0]["tasks"]
+        assert r["wall_speedup"] == pytest.approx(r["stock"][0]["wall"] / r["fastworker"][0]["wall"])
+    by_name = {r["workload"]: r for r in rows}
+    assert by_name["map no-op"]["stock"][0]["tasks"] == 120
+    # 40 outputs, each with one input on the other worker: incoming transfers
+    # (a transfer may bring several keys), none for the independent map
+    for impl in ("stock", "fastworker"):
+        assert by_name["transfers"][impl][0]["transfers"] >= 1
+        assert by_name["map no-op"][impl][0]["transfers"] == 0
+
+
+def test_table_and_plots_written(bench_run):
+    out, _, record = bench_run
+    table = (out / "table.md").read_text()
+    assert table.startswith("**Note:** a tiny test run\n")
+    assert "## Isolated state machine" in table and "## End to end" in table
+    assert "| 2x1     | transfers" in table
+    for name in ("lifecycle.png", "e2e.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name
+
+
+def test_report_rebuilds_the_same_table(bench_run, tmp_path):
+    out, _, _ = bench_run
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "report.py"),
+         str(out / "results.json"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
+    assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
+    assert (tmp_path / "e2e.png").read_bytes().startswith(PNG_MAGIC)

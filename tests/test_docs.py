@@ -1,0 +1,51 @@
+"""The Sphinx docs build without a warning, and their benchmark page shows one run.
+
+`make docs` runs the same build; here it goes to a temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+RUN_DIR = os.path.join(DOCS, "benchmark-run")
+
+pytest.importorskip("sphinx")
+pytest.importorskip("myst_parser")
+
+
+def test_docs_build_without_warnings(tmp_path):
+    html = tmp_path / "html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html",
+         DOCS, str(html), "-d", str(tmp_path / "doctrees")],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not proc.stderr.strip(), proc.stderr
+    for page in ("index", "getting-started", "ways-in", "versions", "design", "benchmarks"):
+        assert (html / f"{page}.html").exists(), page
+    bench = (html / "benchmarks.html").read_text()
+    assert "lifecycle.png" in bench and "e2e.png" in bench
+    assert (html / "_images" / "lifecycle.png").exists()
+    assert "End to end" in bench and "Isolated state machine" in bench
+
+
+def test_benchmark_page_table_is_that_of_its_results(tmp_path):
+    """docs/benchmark-run/table.md is what report.py makes of the results.json beside it."""
+    pytest.importorskip("matplotlib")
+    with open(os.path.join(RUN_DIR, "results.json")) as f:
+        record = json.load(f)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(RUN_DIR, "table.md")) as f:
+        assert f.read() == report.markdown_report(record)
+    assert record["rows"] and record["e2e"]["rows"]
