@@ -36,25 +36,33 @@ from time import thread_time
 
 import dask
 import dask.array as da
+import distributed
 from dask import delayed
 from distributed import Client, LocalCluster, wait
 
 import fastworker
 
 #: The one place that says how each implementation's workers are made: extra
-#: keyword arguments for LocalCluster (which hands unknown ones to each Worker).
-#: fastworker's workers are fastworker.Worker, the way in for clusters one starts
-#: ({"WorkerStateClass": fastworker.WorkerState} gives the same state machine).
+#: keyword arguments for LocalCluster and the dask config the cluster is started
+#: with (Nannies hand it to their worker processes). Every worker is a process of
+#: its own: distributed's Nanny for stock, fastworker.Nanny (fastworker.Worker
+#: processes) for fastworker, with the in-process executor on (the default) and off.
 CLUSTER_KWARGS: dict[str, dict] = {
+    "stock": {"worker_class": distributed.Nanny},
+    "fastworker": {"worker_class": fastworker.Nanny},
+    "fastworker_no_inline": {"worker_class": fastworker.Nanny},
+}
+CLUSTER_CONFIG: dict[str, dict] = {
     "stock": {},
-    "fastworker": {"worker_class": fastworker.Worker},
+    "fastworker": {"fastworker.inline.enabled": True},
+    "fastworker_no_inline": {"fastworker.inline.enabled": False},
 }
 
 #: Cluster shapes: name -> (workers, threads per worker).
 CONFIGS: dict[str, tuple[int, int]] = {"1x2": (1, 2), "2x1": (2, 1)}
 
 #: Quick default and --full task counts per workload.
-QUICK_TASKS = 2_000
+QUICK_TASKS = 1_000
 FULL_TASKS = 20_000
 
 
@@ -234,6 +242,7 @@ class E2ERow:
     size: int
     stock: list[dict] = field(default_factory=list)
     fastworker: list[dict] = field(default_factory=list)
+    fastworker_no_inline: list[dict] = field(default_factory=list)
 
 
 def _settle(client: Client, timeout: float = 30.0) -> None:
@@ -280,14 +289,15 @@ def run_once(client: Client, workload, n: int) -> dict:
 
 
 def start_cluster(impl: str, nworkers: int, nthreads: int) -> tuple[LocalCluster, Client]:
-    cluster = LocalCluster(
-        n_workers=nworkers,
-        threads_per_worker=nthreads,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-        **CLUSTER_KWARGS[impl],
-    )
+    with dask.config.set(CLUSTER_CONFIG[impl]):
+        cluster = LocalCluster(
+            n_workers=nworkers,
+            threads_per_worker=nthreads,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            **CLUSTER_KWARGS[impl],
+        )
     client = Client(cluster)
     client.wait_for_workers(nworkers)
     return cluster, client
@@ -322,7 +332,7 @@ def _run(tasks, repeats, progress, configs, workloads):
 
     for config in configs:
         nworkers, nthreads = CONFIGS[config]
-        say(f"{config}: starting a stock and a fastworker cluster ({nworkers} worker(s) x {nthreads} thread(s))")
+        say(f"{config}: starting clusters {', '.join(CLUSTER_KWARGS)} ({nworkers} worker(s) x {nthreads} thread(s))")
         clusters = {impl: start_cluster(impl, nworkers, nthreads) for impl in CLUSTER_KWARGS}
         try:
             for impl, (_, client) in clusters.items():
@@ -356,6 +366,7 @@ def _run(tasks, repeats, progress, configs, workloads):
         "configs": {c: {"workers": CONFIGS[c][0], "threads_per_worker": CONFIGS[c][1]} for c in configs},
         "workloads": {name: describe(name, tasks) for name in names},
         "cluster_kwargs": {impl: {k: repr(v) for k, v in kw.items()} for impl, kw in CLUSTER_KWARGS.items()},
+        "cluster_config": CLUSTER_CONFIG,
         "state_classes": state_classes,
         "dask_config": {
             k: dask.config.get(k)
@@ -398,4 +409,8 @@ def row_record(row: E2ERow) -> dict:
     rec["fastworker_median"] = f
     rec["wall_speedup"] = s["wall"] / f["wall"]
     rec["cpu_ratio"] = s["cpu_us_per_task"] / f["cpu_us_per_task"]
+    if row.fastworker_no_inline:
+        n = rec["fastworker_no_inline_median"] = summarize(row.fastworker_no_inline)
+        rec["no_inline_wall_speedup"] = s["wall"] / n["wall"]
+        rec["no_inline_cpu_ratio"] = s["cpu_us_per_task"] / n["cpu_us_per_task"]
     return rec

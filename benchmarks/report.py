@@ -21,7 +21,7 @@ import statistics
 import sys
 
 IMPLS = ("stock", "fastworker")
-COLOURS = {"stock": "#7f7f7f", "fastworker": "#d62728"}
+COLOURS = {"stock": "#7f7f7f", "fastworker": "#d62728", "fastworker_no_inline": "#ff9896"}
 
 
 # --- tables ----------------------------------------------------------------------
@@ -67,10 +67,12 @@ def _pair(row: dict, key: str, fmt: str) -> str:
 
 
 def e2e_table(record: dict, markdown: bool = False) -> str:
-    """End-to-end rows: stock / fastworker medians side by side, with ratios."""
+    """End-to-end rows: stock / fastworker medians side by side, with ratios; and
+    fastworker without the in-process executor when the run has it."""
     header = [
         "cluster", "workload", "tasks", "wall s", "speedup", "tasks/s",
         "worker CPU µs/task", "CPU ratio", "in state machine", "state machine µs/task",
+        "no inline: speedup", "no inline: CPU ratio",
     ]
     lines = []
     for r in record.get("e2e", {}).get("rows", []):
@@ -86,6 +88,8 @@ def e2e_table(record: dict, markdown: bool = False) -> str:
             f"{r['cpu_ratio']:.2f}x",
             f"{100 * s['sm_share']:.0f}% / {100 * f['sm_share']:.0f}%",
             _pair(r, "sm_us_per_task", ",.0f"),
+            f"{r['no_inline_wall_speedup']:.2f}x" if "no_inline_wall_speedup" in r else "-",
+            f"{r['no_inline_cpu_ratio']:.2f}x" if "no_inline_cpu_ratio" in r else "-",
         ])
     return _table(header, lines, 2, markdown)
 
@@ -140,7 +144,8 @@ def markdown_report(record: dict) -> str:
                 f"Medians of {record['e2e']['info']['repeats']} repeats, stock / fastworker. *speedup*: stock wall time / "
                 "fastworker wall time; *CPU ratio*: stock worker CPU per task / fastworker's; "
                 "*in state machine*: time inside the workers' state machine as a share of "
-                "their process CPU time.", "",
+                "their process CPU time; *no inline*: the same ratios for fastworker with "
+                "the in-process executor off (`fastworker.inline.enabled: False`).", "",
                 e2e_table(record, markdown=True), ""]
     return "\n".join(out)
 
@@ -211,13 +216,15 @@ def plot_e2e(record: dict, path: str) -> bool:
         ("wall", "wall time (s)", "wall_speedup"),
         ("cpu_us_per_task", "worker CPU per task (µs)", "cpu_ratio"),
     ]
+    impls = [i for i in (*IMPLS, "fastworker_no_inline") if f"{i}_median" in rows[0]]
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.05 * len(rows) + 2), 7.6))
-    width = 0.38
+    width = 0.76 / len(impls)
     for ax, (key, title, ratio) in zip(axes, metrics):
         xs = range(len(rows))
-        for k, impl in enumerate(IMPLS):
+        for k, impl in enumerate(impls):
             vals = [r[f"{impl}_median"][key] for r in rows]
-            bars = ax.bar([x + (k - 0.5) * width for x in xs], vals, width, label=impl,
+            bars = ax.bar([x + (k - (len(impls) - 1) / 2) * width for x in xs], vals, width,
+                          label=impl.replace("_", " "),
                           color=COLOURS[impl])
             if impl == "fastworker":
                 for bar, r in zip(bars, rows):
