@@ -232,7 +232,7 @@ cdef enum LoggableKind:
     LOG_NO_VALUE         # ExecuteSuccessEvent: copy, value = None
     LOG_DATA_KEYS        # GatherDepSuccessEvent / UpdateDataEvent: copy, data values None
 
-cdef dict _LOGGABLE = {}  # event class -> (LoggableKind, slot names)
+cdef dict _LOGGABLE = {}  # event class -> (LoggableKind, slot names, slot offsets or None)
 
 
 cdef tuple _loggable_kind(object cls):
@@ -254,17 +254,78 @@ cdef tuple _loggable_kind(object cls):
     # copy.copy of these objects: a new instance with the slots that are set
     if cls.__dictoffset__ or cls.__new__ is not StateMachineEvent.__new__:
         kind = LOG_OWN  # an instance __dict__ or its own __new__: let it copy itself
-    entry = (kind, tuple(copyreg._slotnames(cls)))
+    slots = tuple(copyreg._slotnames(cls))
+    entry = (kind, slots, _slot_offsets(cls, slots))
     _LOGGABLE[cls] = entry
     return entry
 
 
-cdef object _shallow_copy(object obj, tuple slots):
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* The offset of a plain object slot (what __slots__ makes: T_OBJECT_EX,
+       writable) behind member descriptor descr; -1 for any other descriptor. */
+    static Py_ssize_t fw_slot_offset(PyObject *descr) {
+        PyMemberDef *m;
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) return -1;
+        m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+        return m->offset;
+    }
+    /* copy.copy of an instance whose state is only object slots at these offsets:
+       a new instance of the same class, and every slot that is set, shared. */
+    static PyObject *fw_copy_slots(PyObject *obj, PyObject *offsets) {
+        PyTypeObject *tp = Py_TYPE(obj);
+        Py_ssize_t i, n = PyTuple_GET_SIZE(offsets);
+        PyObject *out = tp->tp_alloc(tp, 0);
+        if (out == NULL) return NULL;
+        for (i = 0; i < n; i++) {
+            Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
+            PyObject *v = *(PyObject **)((char *)obj + off);
+            Py_XINCREF(v);
+            *(PyObject **)((char *)out + off) = v;
+        }
+        return out;
+    }
+    """
+    Py_ssize_t fw_slot_offset(object descr)
+    object fw_copy_slots(object obj, tuple offsets)
+
+
+cdef object _slot_offsets(object cls, tuple slots):
+    """The offsets of cls's slots when getattr/setattr on them only read and write
+    the slot itself (plain member descriptors, object's attribute access); else
+    None, and instances are copied slot by slot through getattr/setattr."""
+    if (
+        cls.__getattribute__ is not object.__getattribute__
+        or cls.__setattr__ is not object.__setattr__
+        or getattr(cls, "__getattr__", None) is not None
+    ):
+        return None
+    offsets = []
+    for name in slots:
+        for base in cls.__mro__:
+            if name in base.__dict__:
+                descr = base.__dict__[name]
+                break
+        else:
+            return None
+        offset = fw_slot_offset(descr)
+        if offset < 0:
+            return None
+        offsets.append(offset)
+    return tuple(offsets)
+
+
+cdef object _shallow_copy(object obj, tuple entry):
     # As copy.copy: a new instance (StateMachineEvent.__new__ only presets
     # ``handled``, which is copied below like every other slot), then the set slots.
+    offsets = entry[2]
+    if offsets is not None:
+        return fw_copy_slots(obj, <tuple>offsets)
     cls = type(obj)
     out = object.__new__(cls)
-    for name in slots:
+    for name in <tuple>entry[1]:
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -284,7 +345,7 @@ cdef object _to_loggable(object stim, object handled):
         return stim
     if kind == LOG_OWN:
         return stim.to_loggable(handled=handled)
-    out = _shallow_copy(stim, (<tuple>entry)[1])
+    out = _shallow_copy(stim, <tuple>entry)
     if kind == LOG_NO_RUN_SPEC:
         out.run_spec = None
         out.handled = handled

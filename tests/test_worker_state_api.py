@@ -604,3 +604,61 @@ def test_stock_and_fast_events_are_shared_classes(fast_cls):
     assert type(instr) is Execute
     assert isinstance(ws.stimulus_log[0], StateMachineEvent)
     assert type(ws.stimulus_log[0]) is ComputeTaskEvent
+
+
+class ExtraSlotCompute(ComputeTaskEvent):
+    """A user subclass with a slot of its own (copied like the inherited ones)."""
+
+    __slots__ = ("note",)
+
+
+class ShadowingCompute(ComputeTaskEvent):
+    """A user subclass that puts a property over an inherited slot."""
+
+    __slots__ = ()
+
+    @property
+    def span_id(self):
+        return "from-property"
+
+    @span_id.setter
+    def span_id(self, value):
+        pass
+
+
+@pytest.mark.parametrize("cls", [ComputeTaskEvent, ExtraSlotCompute, ShadowingCompute])
+def test_stimulus_log_entries_are_shallow_copies(ws_impl, cls):
+    """The logged form of a compute/success/gather event is a new instance holding the
+    same field objects, payload blanked, the handled event itself untouched (stock's
+    copy.copy); subclasses that add slots or shadow one with a property included."""
+    ws = new_state(ws_impl.WorkerState)
+    ev = cls(
+        key="x", run_id=1, who_has={}, nbytes={}, priority=(0,), run_spec="spec",
+        resource_restrictions={}, actor=False, annotations={"a": 1}, span_id=None,
+        stimulus_id="s1",
+    )
+    if cls is ExtraSlotCompute:
+        ev.note = ["note"]
+    ws.handle_stimulus(ev)
+    logged = ws.stimulus_log[-1]
+    assert type(logged) is cls and logged is not ev
+    assert logged.run_spec is None and ev.run_spec == "spec"
+    assert isinstance(logged.handled, float) and ev.handled is None
+    assert logged.annotations is ev.annotations and logged.priority is ev.priority
+    assert logged.span_id == ev.span_id
+    if cls is ExtraSlotCompute:
+        assert logged.note is ev.note
+
+    value = object()
+    done = ExecuteSuccessEvent(
+        key="x", run_id=1, value=value, start=0.0, stop=1.0, nbytes=8, type=object,
+        stimulus_id="s2",
+    )
+    ws.handle_stimulus(done)
+    logged = ws.stimulus_log[-1]
+    assert type(logged) is ExecuteSuccessEvent and logged is not done
+    assert logged.value is None and done.value is value
+    assert (logged.key, logged.run_id, logged.start, logged.stop, logged.nbytes) == (
+        "x", 1, 0.0, 1.0, 8
+    )
+    assert logged.type is object and logged.stimulus_id == "s2"
