@@ -88,7 +88,18 @@ from fastworker.taskstate cimport (
     TS_RESCHEDULED,
     TS_RESUMED,
     TS_WAITING,
+    UNMADE_DEPENDENCIES,
+    UNMADE_DEPENDENTS,
+    UNMADE_WAITERS,
+    UNMADE_WAITING_FOR_DATA,
+    UNMADE_WHO_HAS,
     TaskState,
+    made_dependencies,
+    made_dependents,
+    made_waiters,
+    made_waiting_for_data,
+    made_who_has,
+    new_task,
     state_code,
 )
 
@@ -117,6 +128,42 @@ cdef inline tuple _fresh(tuple result):
         return dict(recs), list(instructions)
     return result
 cdef object _EMPTY_TUPLE = ()
+
+
+# A task's sets are made on first use (taskstate.pxd). Code that only reads one
+# gets this empty stand-in meanwhile instead of making it; code that removes from
+# one skips it. (A set field a user set to None stays None and fails as before.)
+cdef frozenset _NOT_MADE = frozenset()
+
+
+cdef inline object _dependencies(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENCIES:
+        return _NOT_MADE
+    return ts._dependencies
+
+
+cdef inline object _dependents(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENTS:
+        return _NOT_MADE
+    return ts._dependents
+
+
+cdef inline object _waiting_for_data(TaskState ts):
+    if ts._unmade & UNMADE_WAITING_FOR_DATA:
+        return _NOT_MADE
+    return ts._waiting_for_data
+
+
+cdef inline object _waiters(TaskState ts):
+    if ts._unmade & UNMADE_WAITERS:
+        return _NOT_MADE
+    return ts._waiters
+
+
+cdef inline object _who_has(TaskState ts):
+    if ts._unmade & UNMADE_WHO_HAS:
+        return _NOT_MADE
+    return ts._who_has
 
 
 cdef inline double _now() noexcept:
@@ -987,7 +1034,7 @@ cdef class WorkerState:
         if pair == _pair(TS_MISSING, TS_FETCH):
             if v:
                 assert ts._state == TS_MISSING
-            if not ts.who_has:
+            if not _who_has(ts):
                 return _NOTHING
             self.missing_dep_flight.discard(ts)
             return self._generic_fetch(ts)
@@ -1024,14 +1071,14 @@ cdef class WorkerState:
     # --- transition bodies shared by several table entries ------------------------------
 
     cdef tuple _generic_fetch(self, TaskState ts):
-        if not ts.who_has:
+        if not _who_has(ts):
             return {ts: "missing"}, _NO_INSTR
         ts._state = TS_FETCH
         ts.done = False
         self.fetch_count += 1
         assert ts.priority
         data_needed = self.data_needed
-        for w in ts.who_has:
+        for w in _who_has(ts):
             _heap_add(data_needed[w], ts)
         return _NOTHING
 
@@ -1047,11 +1094,11 @@ cdef class WorkerState:
         cdef TaskState dep
         cdef dict recs = {}
         self._purge_state(ts)
-        for dep in ts.dependencies:
-            if not dep.waiters and not _is_unreleasable(dep._state):
+        for dep in _dependencies(ts):
+            if not _waiters(dep) and not _is_unreleasable(dep._state):
                 recs[dep] = "released"
         ts._state = TS_RELEASED
-        if not ts.dependents:
+        if not _dependents(ts):
             recs[ts] = "forgotten"
         return recs, _NO_INSTR
 
@@ -1072,13 +1119,14 @@ cdef class WorkerState:
         cdef dict recs = {}
         if self.validate:
             assert all(d.key in self.tasks for d in ts.dependencies)
-        ts.waiting_for_data.clear()
-        for dep in ts.dependencies:
+        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+            ts._waiting_for_data.clear()
+        for dep in _dependencies(ts):
             if dep._state != TS_MEMORY:
-                ts.waiting_for_data.add(dep)
-                dep.waiters.add(ts)
+                made_waiting_for_data(ts).add(dep)
+                made_waiters(dep).add(ts)
                 recs[dep] = "fetch"
-        if not ts.waiting_for_data:
+        if not _waiting_for_data(ts):
             recs[ts] = "ready"
         ts._state = TS_WAITING
         self.waiting.add(ts)
@@ -1089,9 +1137,10 @@ cdef class WorkerState:
         cdef dict recs = {}
         if self.validate:
             assert not any(d.state != "forgotten" for d in ts.dependents)
-        for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            if dep._state == TS_RELEASED and not dep.dependents:
+        for dep in _dependencies(ts):
+            if not dep._unmade & UNMADE_DEPENDENTS:
+                dep._dependents.discard(ts)
+            if dep._state == TS_RELEASED and not _dependents(dep):
                 recs[dep] = "forgotten"
         self._purge_state(ts)
         ts._state = TS_FORGOTTEN
@@ -1125,9 +1174,10 @@ cdef class WorkerState:
             ts.nbytes = safe_sizeof(value)
         self.nbytes += ts.nbytes
         ts.type = type(value)
-        for dep in ts.dependents:
-            dep.waiting_for_data.discard(ts)
-            if not dep.waiting_for_data and dep._state == TS_WAITING:
+        for dep in _dependents(ts):
+            if not dep._unmade & UNMADE_WAITING_FOR_DATA:
+                dep._waiting_for_data.discard(ts)
+            if not _waiting_for_data(dep) and dep._state == TS_WAITING:
                 recs[dep] = "ready"
         self.log.append((key, "put-in-memory", stimulus_id, _now()))
         if msg_type == MSG_ADD_KEYS:
@@ -1152,9 +1202,9 @@ cdef class WorkerState:
                                        object stimulus_id):
         cdef TaskState ts = self.tasks.get(key)
         if ts is None:
-            ts = TaskState(key)
+            ts = new_task(key)
             self.tasks[key] = ts
-            self.task_counter.new_task(ts)
+            _count_new_task(self.task_counter, ts)
         elif self._debug:
             logger.debug("Data task %s already known (stimulus_id=%s)", ts, stimulus_id)
         if not ts.priority:
@@ -1178,17 +1228,18 @@ cdef class WorkerState:
                         "Scheduler claims worker %s holds data for task %s, which is not true.",
                         self._address, ts,
                     )
-            if ts.who_has == workers:
+            if _who_has(ts) == workers:
                 continue
-            for worker in ts.who_has - workers:
+            for worker in _who_has(ts) - workers:
                 self.has_what[worker].remove(key)
                 if ts._state == TS_FETCH:
                     self.data_needed[worker].remove(ts)
-            for worker in workers - ts.who_has:
+            for worker in workers - _who_has(ts):
                 self.has_what[worker].add(key)
                 if ts._state == TS_FETCH:
                     _heap_add(self.data_needed[worker], ts)
-            ts.who_has = workers
+            ts._who_has = workers
+            ts._unmade &= ~UNMADE_WHO_HAS
         return 0
 
     cdef int _purge_state(self, TaskState ts) except -1:
@@ -1200,17 +1251,20 @@ cdef class WorkerState:
             del self.data[key]
         self.actors.pop(key, None)
         self.threads.pop(key, None)
-        if ts.who_has:
+        if _who_has(ts):
             has_what = self.has_what
             data_needed = self.data_needed
-            for worker in ts.who_has:
+            for worker in ts._who_has:
                 has_what[worker].discard(key)
                 _heap_discard(data_needed[worker], ts)
-            ts.who_has.clear()
-        for dep in ts.dependencies:
-            ts.waiting_for_data.discard(dep)
-            dep.waiters.discard(ts)
-        ts.waiting_for_data.clear()
+            ts._who_has.clear()
+        for dep in _dependencies(ts):
+            if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+                ts._waiting_for_data.discard(dep)
+            if not dep._unmade & UNMADE_WAITERS:
+                dep._waiters.discard(ts)
+        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+            ts._waiting_for_data.clear()
         ts.nbytes = None
         ts._previous = TS_NONE
         ts._next = TS_NONE
@@ -1256,7 +1310,7 @@ cdef class WorkerState:
                 ts = _heap_peek(available)
                 if self._task_exceeds_transfer_limits(ts, message_nbytes):
                     break
-                for w in ts.who_has:
+                for w in _who_has(ts):
                     self.data_needed[w].remove(ts)
                 to_gather.append(ts)
                 message_nbytes += ts.get_nbytes()
@@ -1421,9 +1475,9 @@ cdef class WorkerState:
             for key, value in ev.data.items():
                 ts = self.tasks.get(key)
                 if ts is None:
-                    ts = TaskState(key)
+                    ts = new_task(key)
                     self.tasks[key] = ts
-                    self.task_counter.new_task(ts)
+                    _count_new_task(self.task_counter, ts)
                 recs[ts] = ("memory", value, _RUN_ID_SENTINEL)
                 self.log.append((key, "receive-from-scatter", _name(ts._state), sid, _now()))
             return recs, _NO_INSTR
@@ -1433,7 +1487,7 @@ cdef class WorkerState:
                 ts = self.tasks.get(key)
                 if ts is None or ts._state != TS_MEMORY:
                     continue
-                for dep in ts.dependents:
+                for dep in _dependents(ts):
                     if dep.state in ("executing", "long-running"):
                         raise RuntimeError(
                             f"Cannot remove replica of {ts.key!r} while {dep.key!r} "
@@ -1464,7 +1518,8 @@ cdef class WorkerState:
                     if self.validate:
                         assert ts._state != TS_FETCH
                         assert ts not in self.data_needed[ev.worker]
-                    ts.who_has.discard(ev.worker)
+                    if not ts._unmade & UNMADE_WHO_HAS:
+                        ts._who_has.discard(ev.worker)
                     if ev.worker in self.has_what:
                         self.has_what[ev.worker].discard(ts.key)
                     recs[ts] = "fetch"
@@ -1475,7 +1530,7 @@ cdef class WorkerState:
             refresh_who_has = []
             for ts in self._gather_dep_done_common(ev):
                 recs[ts] = "fetch"
-                if not ts.who_has - self.busy_workers:
+                if not _who_has(ts) - self.busy_workers:
                     refresh_who_has.append(ts.key)
             instructions = [RetryBusyWorkerLater(worker=ev.worker, stimulus_id=sid)]
             if refresh_who_has:
@@ -1543,9 +1598,9 @@ cdef class WorkerState:
                 ts = self.tasks.get(key)
                 if not ts:
                     continue
-                if ts.who_has and ts._state == TS_MISSING:
+                if _who_has(ts) and ts._state == TS_MISSING:
                     recs[ts] = "fetch"
-                elif not ts.who_has and ts._state == TS_FETCH:
+                elif not _who_has(ts) and ts._state == TS_FETCH:
                     recs[ts] = "missing"
             return recs, _NO_INSTR
         raise TypeError(ev)
@@ -1557,9 +1612,9 @@ cdef class WorkerState:
         key = ev.key
         ts = self.tasks.get(key)
         if ts is None:
-            ts = TaskState(key)
+            ts = new_task(key)
             self.tasks[key] = ts
-            self.task_counter.new_task(ts)
+            _count_new_task(self.task_counter, ts)
         elif self._debug:
             logger.debug(
                 "Asked to compute an already known task %s", {"task": ts, "stimulus_id": sid}
@@ -1601,8 +1656,8 @@ cdef class WorkerState:
             dep_ts = self._ensure_task_exists(dep_key, priority, sid)
             if dep_ts._state != TS_MEMORY:
                 dep_ts.nbytes = nbytes
-            ts.dependencies.add(dep_ts)
-            dep_ts.dependents.add(ts)
+            made_dependencies(ts).add(dep_ts)
+            made_dependents(dep_ts).add(ts)
         self._update_who_has(ev.who_has)
         return {ts: "waiting"}, _NO_INSTR
 
@@ -1641,11 +1696,11 @@ cdef class WorkerState:
             if self.validate:
                 assert ts._state == TS_FETCH
                 assert worker in ts.who_has
-            if ts.who_has == {worker}:
+            if _who_has(ts) == {worker}:
                 recs[ts] = "missing"
         for key in self.has_what.pop(worker, ()):
             ts = self.tasks[key]
-            ts.who_has.remove(worker)
+            made_who_has(ts).remove(worker)
         return 0
 
     # --- introspection --------------------------------------------------------------------
@@ -2034,6 +2089,14 @@ cdef class TaskCounter:
             self._counts_for(ts.get_prefix()).change(ts._state, 1, now)
         self._new_tasks.clear()
         return 0
+
+
+cdef inline int _count_new_task(object counter, TaskState ts) except -1:
+    if type(counter) is TaskCounter:
+        (<TaskCounter>counter)._new_tasks.add(ts)
+    else:
+        counter.new_task(ts)
+    return 0
 
 
 def _new_empty_state(cls):

@@ -662,3 +662,28 @@ def test_stimulus_log_entries_are_shallow_copies(ws_impl, cls):
         "x", 1, 0.0, 1.0, 8
     )
     assert logged.type is object and logged.stimulus_id == "s2"
+
+
+def test_tasks_made_by_the_state_machine_have_constructor_defaults(ws_impl):
+    """A task the machine creates (here a dependency to fetch) starts with the same
+    field values as ``TaskState(key)``, except what the machine then set."""
+    ws = new_state(ws_impl.WorkerState)
+    ws.handle_stimulus(compute("x", "s1", who_has={"a": [W2]}, nbytes={"a": 1}))
+    made = ws.tasks["a"]
+    fresh = ws_impl.TaskState("a")
+    for name in (
+        "run_id", "run_spec", "dependencies", "waiting_for_data", "previous",
+        "next", "resource_restrictions", "exception", "traceback", "exception_text",
+        "traceback_text", "type", "suspicious_count", "startstops", "start_time",
+        "stop_time", "metadata", "annotations", "span_id", "prefix",
+    ):
+        assert getattr(made, name) == getattr(fresh, name), name
+        assert type(getattr(made, name)) is type(getattr(fresh, name)), name
+    x = ws.tasks["x"]
+    assert made.dependents == made.waiters == {x} and made.who_has == {W2}
+    assert made in ws_impl.TaskState._instances
+    assert x.dependencies == x.waiting_for_data == {made}
+    # an empty set is the task's own, kept, and mutable
+    assert made.waiting_for_data is made.waiting_for_data
+    made.waiting_for_data.add(x)
+    assert made.waiting_for_data == {x}
