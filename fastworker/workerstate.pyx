@@ -113,6 +113,28 @@ logger = logging.getLogger("distributed.worker.state_machine")
 
 cdef object _RUN_ID_SENTINEL = -1
 
+cdef object _DEBUG = logging.DEBUG
+cdef bint _PLAIN_LOGGER = type(logger) is logging.Logger
+
+
+cdef bint _debug_enabled() except -1:
+    """logger.isEnabledFor(logging.DEBUG), read once per handle_stimulus call.
+
+    A plain Logger answers False while ``disabled``, else from ``_cache`` (which
+    logging clears whenever a level changes), and only computes and caches the
+    answer on a miss; the same is done here without the method call.
+    """
+    if not _PLAIN_LOGGER or "isEnabledFor" in logger.__dict__:
+        return logger.isEnabledFor(_DEBUG)
+    if logger.disabled:
+        return False
+    cache = logger.__dict__.get("_cache")
+    if type(cache) is dict:
+        answer = (<dict>cache).get(_DEBUG)
+        if answer is not None:
+            return answer
+    return logger.isEnabledFor(_DEBUG)
+
 # Most transitions and events recommend nothing and instruct nothing. They return
 # these shared empties instead of a fresh dict, list and tuple each (fewer objects
 # for the garbage collector). Internal callers only read what a transition returns;
@@ -407,16 +429,104 @@ cdef object _to_loggable(object stim, object handled):
 
 # --- instructions ----------------------------------------------------------------------
 # Instructions are distributed's own dataclasses. Their generated __init__ only stores
-# the fields, so the hot ones are filled in slot by slot, without a Python frame.
-cdef bint _FAST_EXECUTE = _plain_dataclass(Execute, ("stimulus_id", "key"))
+# the fields in slots, so the hot ones are made by allocating the instance and storing
+# each field at its slot's offset, without a Python frame or attribute lookups.
+cdef extern from *:
+    """
+    static PyObject *fw_alloc(PyObject *cls) {
+        PyTypeObject *tp = (PyTypeObject *)cls;
+        return tp->tp_alloc(tp, 0);
+    }
+    /* As setattr on a plain object slot: store v (new reference), drop the old value. */
+    static void fw_put(PyObject *obj, Py_ssize_t offset, PyObject *v) {
+        PyObject **slot = (PyObject **)((char *)obj + offset);
+        PyObject *old = *slot;
+        Py_INCREF(v);
+        *slot = v;
+        Py_XDECREF(old);
+    }
+    """
+    object fw_alloc(object cls)
+    void fw_put(object obj, Py_ssize_t offset, object v)
+
+
+cdef bint _plain_dataclass(object cls, tuple fields):
+    """Whether cls(**fields) only stores its fields (no custom __init__/__post_init__)."""
+    import dataclasses
+
+    return (
+        dataclasses.is_dataclass(cls)
+        and tuple(f.name for f in dataclasses.fields(cls)) == fields
+        and not hasattr(cls, "__post_init__")
+        and getattr(cls.__init__, "__qualname__", "") == f"{cls.__qualname__}.__init__"
+    )
+
+
+cdef object _plain_slots(object cls, tuple fields):
+    """The slot offsets of fields, in this order, when cls(**fields) only stores them in
+    plain slots of an instance made by object.__new__; else None (call the class)."""
+    if not _plain_dataclass(cls, fields) or cls.__new__ is not object.__new__:
+        return None
+    return _slot_offsets(cls, fields)
+
+
+cdef object _EXECUTE_SLOTS = _plain_slots(Execute, ("stimulus_id", "key"))
 
 
 cdef inline object _execute(object key, object stimulus_id):
-    if not _FAST_EXECUTE:
+    if _EXECUTE_SLOTS is None:
         return Execute(key=key, stimulus_id=stimulus_id)
-    out = Execute.__new__(Execute)
-    out.key = key
-    out.stimulus_id = stimulus_id
+    cdef tuple offsets = _EXECUTE_SLOTS
+    out = fw_alloc(Execute)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    return out
+
+
+cdef object _RELEASE_DATA_SLOTS = _plain_slots(ReleaseWorkerDataMsg, ("stimulus_id", "key"))
+
+
+cdef inline object _release_worker_data_msg(object key, object stimulus_id):
+    if _RELEASE_DATA_SLOTS is None:
+        return ReleaseWorkerDataMsg(key=key, stimulus_id=stimulus_id)
+    cdef tuple offsets = _RELEASE_DATA_SLOTS
+    out = fw_alloc(ReleaseWorkerDataMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    return out
+
+
+cdef object _ADD_KEYS_SLOTS = _plain_slots(AddKeysMsg, ("stimulus_id", "keys"))
+
+
+cdef inline object _add_keys_msg(object keys, object stimulus_id):
+    if _ADD_KEYS_SLOTS is None:
+        return AddKeysMsg(keys=keys, stimulus_id=stimulus_id)
+    cdef tuple offsets = _ADD_KEYS_SLOTS
+    out = fw_alloc(AddKeysMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], keys)
+    return out
+
+
+cdef object _GATHER_DEP_SLOTS = _plain_slots(
+    GatherDep, ("stimulus_id", "worker", "to_gather", "total_nbytes")
+)
+
+
+cdef inline object _gather_dep(object worker, object to_gather, object total_nbytes,
+                               object stimulus_id):
+    if _GATHER_DEP_SLOTS is None:
+        return GatherDep(
+            worker=worker, to_gather=to_gather, total_nbytes=total_nbytes,
+            stimulus_id=stimulus_id,
+        )
+    cdef tuple offsets = _GATHER_DEP_SLOTS
+    out = fw_alloc(GatherDep)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], worker)
+    fw_put(out, offsets[2], to_gather)
+    fw_put(out, offsets[3], total_nbytes)
     return out
 
 
@@ -439,48 +549,35 @@ cdef tuple _type_info(object typ):
     return <tuple>info
 
 
-cdef bint _plain_dataclass(object cls, tuple fields):
-    """Whether cls(**fields) only stores its fields (no custom __init__/__post_init__)."""
-    import dataclasses
-
-    return (
-        dataclasses.is_dataclass(cls)
-        and tuple(f.name for f in dataclasses.fields(cls)) == fields
-        and not hasattr(cls, "__post_init__")
-        and getattr(cls.__init__, "__qualname__", "") == f"{cls.__qualname__}.__init__"
-    )
-
-
 cdef tuple _TASK_FINISHED_FIELDS = (
     "stimulus_id", "key", "run_id", "nbytes", "type", "typename", "metadata", "thread",
     "startstops",
 )
-cdef bint _FAST_TASK_FINISHED = _plain_dataclass(TaskFinishedMsg, _TASK_FINISHED_FIELDS)
+cdef object _TASK_FINISHED_SLOTS = _plain_slots(TaskFinishedMsg, _TASK_FINISHED_FIELDS)
 
 
 cdef object _task_finished_msg(object key, object run_id, object nbytes, object typ,
                                object metadata, object thread, object startstops,
                                object stimulus_id):
     pickled, name = _type_info(typ)
-    if not _FAST_TASK_FINISHED:
+    if _TASK_FINISHED_SLOTS is None:
         return TaskFinishedMsg(
             key=key, run_id=run_id, nbytes=nbytes, type=pickled, typename=name,
             metadata=metadata, thread=thread, startstops=startstops,
             stimulus_id=stimulus_id,
         )
-    out = TaskFinishedMsg.__new__(TaskFinishedMsg)
-    out.stimulus_id = stimulus_id
-    out.key = key
-    out.run_id = run_id
-    out.nbytes = nbytes
-    out.type = pickled
-    out.typename = name
-    out.metadata = metadata
-    out.thread = thread
-    out.startstops = startstops
+    cdef tuple offsets = _TASK_FINISHED_SLOTS
+    out = fw_alloc(TaskFinishedMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    fw_put(out, offsets[2], run_id)
+    fw_put(out, offsets[3], nbytes)
+    fw_put(out, offsets[4], pickled)
+    fw_put(out, offsets[5], name)
+    fw_put(out, offsets[6], metadata)
+    fw_put(out, offsets[7], thread)
+    fw_put(out, offsets[8], startstops)
     return out
-
-
 
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -690,7 +787,7 @@ cdef class WorkerState:
     cdef list _handle_stimuli(self, tuple stims):
         cdef list instructions = []
         # Read the log level once per call, not once per debug message site.
-        self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._debug = _debug_enabled()
         handled = _now()
         for stim in stims:
             if not isinstance(stim, FindMissingEvent):
@@ -1053,7 +1150,7 @@ cdef class WorkerState:
             assert ts.nbytes is not None
             self.nbytes -= ts.nbytes
             recs = self._generic_released(ts)[0]
-            return recs, [ReleaseWorkerDataMsg(key=ts.key, stimulus_id=sid)]
+            return recs, [_release_worker_data_msg(ts.key, sid)]
         if pair == _pair(TS_RELEASED, TS_FETCH):
             if v:
                 assert ts._state == TS_RELEASED
@@ -1181,7 +1278,7 @@ cdef class WorkerState:
                 recs[dep] = "ready"
         self.log.append((key, "put-in-memory", stimulus_id, _now()))
         if msg_type == MSG_ADD_KEYS:
-            instructions.append(AddKeysMsg(keys=[key], stimulus_id=stimulus_id))
+            instructions.append(_add_keys_msg([key], stimulus_id))
         elif msg_type == MSG_TASK_FINISHED:
             assert run_id != _RUN_ID_SENTINEL
             instructions.append(self._get_task_finished_msg(ts, run_id, stimulus_id))
@@ -1333,10 +1430,9 @@ cdef class WorkerState:
                     assert worker in ts.who_has
                     assert ts not in recs
                 recs[ts] = ("flight", worker)
-            instructions.append(GatherDep(
-                worker=worker, to_gather=to_gather_keys, total_nbytes=message_nbytes,
-                stimulus_id=stimulus_id,
-            ))
+            instructions.append(
+                _gather_dep(worker, to_gather_keys, message_nbytes, stimulus_id)
+            )
             self.in_flight_workers[worker] = to_gather_keys
             self.transfer_incoming_count_total += 1
             self.transfer_incoming_bytes += message_nbytes
@@ -2161,4 +2257,10 @@ cdef class _GatherOrder:
 def _fast_paths():
     """Which instructions are built slot by slot (True) rather than through their
     dataclass __init__; both give equal objects. For tests and diagnostics."""
-    return {"Execute": _FAST_EXECUTE, "TaskFinishedMsg": _FAST_TASK_FINISHED}
+    return {
+        "Execute": _EXECUTE_SLOTS is not None,
+        "TaskFinishedMsg": _TASK_FINISHED_SLOTS is not None,
+        "ReleaseWorkerDataMsg": _RELEASE_DATA_SLOTS is not None,
+        "AddKeysMsg": _ADD_KEYS_SLOTS is not None,
+        "GatherDep": _GATHER_DEP_SLOTS is not None,
+    }

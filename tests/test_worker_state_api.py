@@ -687,3 +687,62 @@ def test_tasks_made_by_the_state_machine_have_constructor_defaults(ws_impl):
     assert made.waiting_for_data is made.waiting_for_data
     made.waiting_for_data.add(x)
     assert made.waiting_for_data == {x}
+
+
+def test_hot_instructions_are_built_slot_by_slot():
+    """Against the pinned distributed, the hot instruction classes are plain slotted
+    dataclasses, so fastworker fills their slots directly (see _fast_paths); the
+    instructions equal what their own constructors make."""
+    from fastworker import workerstate
+
+    if FASTWORKER.WorkerState is None:
+        pytest.skip("fastworker has no WorkerState yet")
+    assert all(workerstate._fast_paths().values())
+    ws = new_state(FASTWORKER.WorkerState)
+    instructions = ws.handle_stimulus(compute("x", "s1"))
+    instructions += ws.handle_stimulus(success("x", "s2", value=1))
+    instructions += ws.handle_stimulus(FreeKeysEvent(keys=["x"], stimulus_id="s3"))
+    instructions += ws.handle_stimulus(acquire("y", [W2], "s4"))
+    assert [type(i).__name__ for i in instructions] == [
+        "Execute", "TaskFinishedMsg", "ReleaseWorkerDataMsg", "GatherDep",
+    ]
+    assert instructions[0] == Execute(key="x", stimulus_id="s1")
+    assert instructions[2].key == "x" and instructions[2].stimulus_id == "s3"
+    assert instructions[3] == GatherDep(
+        worker=W2, to_gather={"y"}, total_nbytes=1, stimulus_id="s4"
+    )
+    assert repr(instructions[2]) == "ReleaseWorkerDataMsg(stimulus_id='s3', key='x')"
+
+
+def test_debug_messages_follow_the_logger_level_between_calls(ws_impl, caplog):
+    """Debug messages are emitted exactly while the state machine's logger is
+    enabled for DEBUG, re-read on every handle_stimulus call (level changes and
+    ``disabled`` included)."""
+    import logging
+
+    log = logging.getLogger("distributed.worker.state_machine")
+    ws = new_state(ws_impl.WorkerState)
+
+    def purges(*stims):
+        caplog.clear()
+        for stim in stims:
+            ws.handle_stimulus(stim)
+        # the messages name the task, whose repr shows its state at formatting time
+        return [r.args[0].key for r in caplog.records
+                if r.name == log.name and r.msg == "Purge task: %s"]
+
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        assert purges(compute("x", "s1"), success("x", "s2"),
+                      FreeKeysEvent(keys=["x"], stimulus_id="s3")) == ["x", "x"]
+        log.setLevel(logging.INFO)
+        assert purges(compute("y", "s4"), success("y", "s5"),
+                      FreeKeysEvent(keys=["y"], stimulus_id="s6")) == []
+        log.setLevel(logging.DEBUG)
+        log.disabled = True
+        try:
+            assert purges(compute("z", "s7"), success("z", "s8"),
+                          FreeKeysEvent(keys=["z"], stimulus_id="s9")) == []
+        finally:
+            log.disabled = False
+        assert purges(compute("w", "s10"), success("w", "s11"),
+                      FreeKeysEvent(keys=["w"], stimulus_id="s12")) == ["w", "w"]
