@@ -822,8 +822,10 @@ cdef class WorkerState:
         cdef dict initial_states = {}
         self._process_recs(recommendations.copy(), instructions, initial_states, stimulus_id)
         recs, instr = self._ensure_communicating(stimulus_id)
-        instructions += instr
-        self._process_recs(recs, instructions, initial_states, stimulus_id)
+        if instr:
+            instructions.extend(instr)
+        if recs:
+            self._process_recs(recs, instructions, initial_states, stimulus_id)
         if type(self.task_counter) is TaskCounter:
             (<TaskCounter>self.task_counter).transitions_c(initial_states)
         else:
@@ -841,8 +843,11 @@ cdef class WorkerState:
             if ts not in initial_states:
                 initial_states[ts] = _name(ts._state)
             a_recs, a_instr = self._tr(ts, finish, _EMPTY_TUPLE, stimulus_id)
-            recs.update(a_recs)
-            instructions.extend(a_instr)
+            # (most transitions return the shared empties: nothing to merge)
+            if type(a_recs) is not dict or a_recs:
+                recs.update(a_recs)
+            if type(a_instr) is not list or a_instr:
+                instructions.extend(a_instr)
 
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id):
         if self._py_transition:
