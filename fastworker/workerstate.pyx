@@ -599,7 +599,10 @@ cdef inline bint _inherits_noop_transition(object plugin) except -1:
 
 
 def _new_heap():
-    return PriorityHeapSet()  # keyed by .priority, read directly from the task
+    # keyed by .priority, read directly from the task. __cinit__ alone leaves it as
+    # PriorityHeapSet() does (empty, default key), without parsing __init__'s keywords;
+    # data_needed makes and drops one per peer whenever the peer's queue empties.
+    return PriorityHeapSet.__new__(PriorityHeapSet)
 
 
 # get_address_host(address) is a pure function of the address string; peers are few.

@@ -746,3 +746,27 @@ def test_debug_messages_follow_the_logger_level_between_calls(ws_impl, caplog):
             log.disabled = False
         assert purges(compute("w", "s10"), success("w", "s11"),
                       FreeKeysEvent(keys=["w"], stimulus_id="s12")) == ["w", "w"]
+
+
+def test_data_needed_heaps_start_like_constructed_ones(fast_cls):
+    """The queues data_needed makes per peer are in the state PriorityHeapSet()
+    leaves a new heap in (empty, keyed by priority, default compaction)."""
+    from fastworker.heap import PriorityHeapSet
+
+    ws = new_state(fast_cls)
+    made, built = ws.data_needed[W2], PriorityHeapSet()
+    assert type(made) is PriorityHeapSet
+    for name in ("key", "_data", "_heap", "_inc", "_sorted", "_compact_threshold"):
+        assert getattr(made, name) == getattr(built, name), name
+    assert len(made) == 0 and list(made) == [] and list(made.sorted()) == []
+    a, b = ws_task("a", (1,)), ws_task("b", (0,))
+    made.add(a), made.add(b)
+    assert made.pop() is b and made.peek() is a and W2 in ws.data_needed
+
+
+def ws_task(key, priority):
+    from fastworker import TaskState
+
+    ts = TaskState(key)
+    ts.priority = priority
+    return ts
