@@ -546,8 +546,11 @@ cdef class PriorityHeapSet:
     # ---- internals --------------------------------------------------------------
 
     cdef int _set_key(self, object key) except -1:
-        if key is None:
-            key = _PRIORITY_GETTER
+        if key is None or key is _PRIORITY_GETTER:
+            # the default: no need to ask the getter what it gets
+            self._keyfunc = _PRIORITY_GETTER
+            self._priority_key = True
+            return 0
         self._keyfunc = key
         self._priority_key = _is_priority_getter(key)
         return 0

@@ -42,15 +42,20 @@ cdef class TaskState:
     cdef object _prefix
     cdef public Py_ssize_t run_id
     cdef public object run_spec
-    cdef public set dependencies
-    cdef public set dependents
-    cdef public set waiting_for_data
-    cdef public set waiters
+    # The five sets of tasks/workers are made on first use (see _unmade): most
+    # tasks never hold anything in most of them, and every set the garbage
+    # collector tracks makes its collections more frequent and longer.
+    cdef set _dependencies
+    cdef set _dependents
+    cdef set _waiting_for_data
+    cdef set _waiters
     cdef TaskStateCode _state
     cdef TaskStateCode _previous
     cdef TaskStateCode _next
     cdef public object priority
-    cdef public set who_has
+    cdef set _who_has
+    # UNMADE_* bits: that set is still to be made (its field holds None meanwhile)
+    cdef unsigned char _unmade
     cdef public object coming_from
     cdef public object resource_restrictions
     cdef public object exception
@@ -80,3 +85,52 @@ cdef class TaskState:
 
     cdef object get_prefix(self)
     cpdef Py_ssize_t get_nbytes(self) except? -1
+
+
+# TaskState(key) with every other field at its default, without parsing arguments.
+cdef TaskState new_task(object key)
+
+
+cdef enum:
+    UNMADE_DEPENDENCIES = 1
+    UNMADE_DEPENDENTS = 2
+    UNMADE_WAITING_FOR_DATA = 4
+    UNMADE_WAITERS = 8
+    UNMADE_WHO_HAS = 16
+    UNMADE_ALL = 31
+
+
+# The set itself, made now if it was still to be made: for code that adds to it.
+cdef inline set made_dependencies(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENCIES:
+        ts._dependencies = set()
+        ts._unmade &= ~UNMADE_DEPENDENCIES
+    return ts._dependencies
+
+
+cdef inline set made_dependents(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENTS:
+        ts._dependents = set()
+        ts._unmade &= ~UNMADE_DEPENDENTS
+    return ts._dependents
+
+
+cdef inline set made_waiting_for_data(TaskState ts):
+    if ts._unmade & UNMADE_WAITING_FOR_DATA:
+        ts._waiting_for_data = set()
+        ts._unmade &= ~UNMADE_WAITING_FOR_DATA
+    return ts._waiting_for_data
+
+
+cdef inline set made_waiters(TaskState ts):
+    if ts._unmade & UNMADE_WAITERS:
+        ts._waiters = set()
+        ts._unmade &= ~UNMADE_WAITERS
+    return ts._waiters
+
+
+cdef inline set made_who_has(TaskState ts):
+    if ts._unmade & UNMADE_WHO_HAS:
+        ts._who_has = set()
+        ts._unmade &= ~UNMADE_WHO_HAS
+    return ts._who_has

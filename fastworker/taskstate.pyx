@@ -265,17 +265,32 @@ cdef class TaskState:
         self.key = key
         self.run_id = run_id
         self.run_spec = run_spec
-        self.dependencies = set() if dependencies is _MISSING else dependencies
-        self.dependents = set() if dependents is _MISSING else dependents
-        self.waiting_for_data = (
-            set() if waiting_for_data is _MISSING else waiting_for_data
-        )
-        self.waiters = set() if waiters is _MISSING else waiters
+        cdef unsigned char unmade = 0
+        if dependencies is _MISSING:
+            unmade |= UNMADE_DEPENDENCIES
+        else:
+            self._dependencies = dependencies
+        if dependents is _MISSING:
+            unmade |= UNMADE_DEPENDENTS
+        else:
+            self._dependents = dependents
+        if waiting_for_data is _MISSING:
+            unmade |= UNMADE_WAITING_FOR_DATA
+        else:
+            self._waiting_for_data = waiting_for_data
+        if waiters is _MISSING:
+            unmade |= UNMADE_WAITERS
+        else:
+            self._waiters = waiters
+        if who_has is _MISSING:
+            unmade |= UNMADE_WHO_HAS
+        else:
+            self._who_has = who_has
+        self._unmade = unmade
         self._state = state_code(state)
         self._previous = optional_state_code(previous)
         self._next = optional_state_code(next)
         self.priority = priority
-        self.who_has = set() if who_has is _MISSING else who_has
         self.coming_from = coming_from
         self.resource_restrictions = (
             {} if resource_restrictions is _MISSING else resource_restrictions
@@ -307,6 +322,58 @@ cdef class TaskState:
 
     def __dealloc__(self):
         _unlink(self)
+
+    # --- sets made on first use ---------------------------------------------------
+
+    @property
+    def dependencies(self):
+        """The tasks this one needs as inputs."""
+        return made_dependencies(self)
+
+    @dependencies.setter
+    def dependencies(self, set value):
+        self._dependencies = value
+        self._unmade &= ~UNMADE_DEPENDENCIES
+
+    @property
+    def dependents(self):
+        """The tasks that need this one as an input."""
+        return made_dependents(self)
+
+    @dependents.setter
+    def dependents(self, set value):
+        self._dependents = value
+        self._unmade &= ~UNMADE_DEPENDENTS
+
+    @property
+    def waiting_for_data(self):
+        """The dependencies not yet in memory here."""
+        return made_waiting_for_data(self)
+
+    @waiting_for_data.setter
+    def waiting_for_data(self, set value):
+        self._waiting_for_data = value
+        self._unmade &= ~UNMADE_WAITING_FOR_DATA
+
+    @property
+    def waiters(self):
+        """The dependents waiting for this task's data."""
+        return made_waiters(self)
+
+    @waiters.setter
+    def waiters(self, set value):
+        self._waiters = value
+        self._unmade &= ~UNMADE_WAITERS
+
+    @property
+    def who_has(self):
+        """The addresses of the peers that hold this task's data."""
+        return made_who_has(self)
+
+    @who_has.setter
+    def who_has(self, set value):
+        self._who_has = value
+        self._unmade &= ~UNMADE_WHO_HAS
 
     # --- state as an enum, shown as a string -------------------------------------
 
@@ -416,3 +483,24 @@ cdef class TaskState:
             self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
             self.duration,
         ) = state
+
+
+cdef TaskState new_task(object key):
+    # The defaults of TaskState.__init__; tp_new has already set every object
+    # field to None and every C field to 0 (TS_RELEASED, run_id 0, done False).
+    cdef TaskState ts = TaskState.__new__(TaskState)
+    global _next_serial
+    ts.key = key
+    ts.run_id = -1
+    ts._unmade = UNMADE_ALL
+    ts._previous = TS_NONE
+    ts._next = TS_NONE
+    ts.resource_restrictions = {}
+    ts.exception_text = ""
+    ts.traceback_text = ""
+    ts.startstops = []
+    ts.metadata = {}
+    ts._serial = _next_serial
+    _next_serial += 1
+    _link(ts)
+    return ts

@@ -88,7 +88,18 @@ from fastworker.taskstate cimport (
     TS_RESCHEDULED,
     TS_RESUMED,
     TS_WAITING,
+    UNMADE_DEPENDENCIES,
+    UNMADE_DEPENDENTS,
+    UNMADE_WAITERS,
+    UNMADE_WAITING_FOR_DATA,
+    UNMADE_WHO_HAS,
     TaskState,
+    made_dependencies,
+    made_dependents,
+    made_waiters,
+    made_waiting_for_data,
+    made_who_has,
+    new_task,
     state_code,
 )
 
@@ -101,6 +112,28 @@ cdef class TaskCounter
 logger = logging.getLogger("distributed.worker.state_machine")
 
 cdef object _RUN_ID_SENTINEL = -1
+
+cdef object _DEBUG = logging.DEBUG
+cdef bint _PLAIN_LOGGER = type(logger) is logging.Logger
+
+
+cdef bint _debug_enabled() except -1:
+    """logger.isEnabledFor(logging.DEBUG), read once per handle_stimulus call.
+
+    A plain Logger answers False while ``disabled``, else from ``_cache`` (which
+    logging clears whenever a level changes), and only computes and caches the
+    answer on a miss; the same is done here without the method call.
+    """
+    if not _PLAIN_LOGGER or "isEnabledFor" in logger.__dict__:
+        return logger.isEnabledFor(_DEBUG)
+    if logger.disabled:
+        return False
+    cache = logger.__dict__.get("_cache")
+    if type(cache) is dict:
+        answer = (<dict>cache).get(_DEBUG)
+        if answer is not None:
+            return answer
+    return logger.isEnabledFor(_DEBUG)
 
 # Most transitions and events recommend nothing and instruct nothing. They return
 # these shared empties instead of a fresh dict, list and tuple each (fewer objects
@@ -117,6 +150,42 @@ cdef inline tuple _fresh(tuple result):
         return dict(recs), list(instructions)
     return result
 cdef object _EMPTY_TUPLE = ()
+
+
+# A task's sets are made on first use (taskstate.pxd). Code that only reads one
+# gets this empty stand-in meanwhile instead of making it; code that removes from
+# one skips it. (A set field a user set to None stays None and fails as before.)
+cdef frozenset _NOT_MADE = frozenset()
+
+
+cdef inline object _dependencies(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENCIES:
+        return _NOT_MADE
+    return ts._dependencies
+
+
+cdef inline object _dependents(TaskState ts):
+    if ts._unmade & UNMADE_DEPENDENTS:
+        return _NOT_MADE
+    return ts._dependents
+
+
+cdef inline object _waiting_for_data(TaskState ts):
+    if ts._unmade & UNMADE_WAITING_FOR_DATA:
+        return _NOT_MADE
+    return ts._waiting_for_data
+
+
+cdef inline object _waiters(TaskState ts):
+    if ts._unmade & UNMADE_WAITERS:
+        return _NOT_MADE
+    return ts._waiters
+
+
+cdef inline object _who_has(TaskState ts):
+    if ts._unmade & UNMADE_WHO_HAS:
+        return _NOT_MADE
+    return ts._who_has
 
 
 cdef inline double _now() noexcept:
@@ -232,7 +301,7 @@ cdef enum LoggableKind:
     LOG_NO_VALUE         # ExecuteSuccessEvent: copy, value = None
     LOG_DATA_KEYS        # GatherDepSuccessEvent / UpdateDataEvent: copy, data values None
 
-cdef dict _LOGGABLE = {}  # event class -> (LoggableKind, slot names)
+cdef dict _LOGGABLE = {}  # event class -> (LoggableKind, slot names, slot offsets or None)
 
 
 cdef tuple _loggable_kind(object cls):
@@ -254,17 +323,78 @@ cdef tuple _loggable_kind(object cls):
     # copy.copy of these objects: a new instance with the slots that are set
     if cls.__dictoffset__ or cls.__new__ is not StateMachineEvent.__new__:
         kind = LOG_OWN  # an instance __dict__ or its own __new__: let it copy itself
-    entry = (kind, tuple(copyreg._slotnames(cls)))
+    slots = tuple(copyreg._slotnames(cls))
+    entry = (kind, slots, _slot_offsets(cls, slots))
     _LOGGABLE[cls] = entry
     return entry
 
 
-cdef object _shallow_copy(object obj, tuple slots):
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* The offset of a plain object slot (what __slots__ makes: T_OBJECT_EX,
+       writable) behind member descriptor descr; -1 for any other descriptor. */
+    static Py_ssize_t fw_slot_offset(PyObject *descr) {
+        PyMemberDef *m;
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) return -1;
+        m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+        return m->offset;
+    }
+    /* copy.copy of an instance whose state is only object slots at these offsets:
+       a new instance of the same class, and every slot that is set, shared. */
+    static PyObject *fw_copy_slots(PyObject *obj, PyObject *offsets) {
+        PyTypeObject *tp = Py_TYPE(obj);
+        Py_ssize_t i, n = PyTuple_GET_SIZE(offsets);
+        PyObject *out = tp->tp_alloc(tp, 0);
+        if (out == NULL) return NULL;
+        for (i = 0; i < n; i++) {
+            Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
+            PyObject *v = *(PyObject **)((char *)obj + off);
+            Py_XINCREF(v);
+            *(PyObject **)((char *)out + off) = v;
+        }
+        return out;
+    }
+    """
+    Py_ssize_t fw_slot_offset(object descr)
+    object fw_copy_slots(object obj, tuple offsets)
+
+
+cdef object _slot_offsets(object cls, tuple slots):
+    """The offsets of cls's slots when getattr/setattr on them only read and write
+    the slot itself (plain member descriptors, object's attribute access); else
+    None, and instances are copied slot by slot through getattr/setattr."""
+    if (
+        cls.__getattribute__ is not object.__getattribute__
+        or cls.__setattr__ is not object.__setattr__
+        or getattr(cls, "__getattr__", None) is not None
+    ):
+        return None
+    offsets = []
+    for name in slots:
+        for base in cls.__mro__:
+            if name in base.__dict__:
+                descr = base.__dict__[name]
+                break
+        else:
+            return None
+        offset = fw_slot_offset(descr)
+        if offset < 0:
+            return None
+        offsets.append(offset)
+    return tuple(offsets)
+
+
+cdef object _shallow_copy(object obj, tuple entry):
     # As copy.copy: a new instance (StateMachineEvent.__new__ only presets
     # ``handled``, which is copied below like every other slot), then the set slots.
+    offsets = entry[2]
+    if offsets is not None:
+        return fw_copy_slots(obj, <tuple>offsets)
     cls = type(obj)
     out = object.__new__(cls)
-    for name in slots:
+    for name in <tuple>entry[1]:
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -284,7 +414,7 @@ cdef object _to_loggable(object stim, object handled):
         return stim
     if kind == LOG_OWN:
         return stim.to_loggable(handled=handled)
-    out = _shallow_copy(stim, (<tuple>entry)[1])
+    out = _shallow_copy(stim, <tuple>entry)
     if kind == LOG_NO_RUN_SPEC:
         out.run_spec = None
         out.handled = handled
@@ -299,16 +429,104 @@ cdef object _to_loggable(object stim, object handled):
 
 # --- instructions ----------------------------------------------------------------------
 # Instructions are distributed's own dataclasses. Their generated __init__ only stores
-# the fields, so the hot ones are filled in slot by slot, without a Python frame.
-cdef bint _FAST_EXECUTE = _plain_dataclass(Execute, ("stimulus_id", "key"))
+# the fields in slots, so the hot ones are made by allocating the instance and storing
+# each field at its slot's offset, without a Python frame or attribute lookups.
+cdef extern from *:
+    """
+    static PyObject *fw_alloc(PyObject *cls) {
+        PyTypeObject *tp = (PyTypeObject *)cls;
+        return tp->tp_alloc(tp, 0);
+    }
+    /* As setattr on a plain object slot: store v (new reference), drop the old value. */
+    static void fw_put(PyObject *obj, Py_ssize_t offset, PyObject *v) {
+        PyObject **slot = (PyObject **)((char *)obj + offset);
+        PyObject *old = *slot;
+        Py_INCREF(v);
+        *slot = v;
+        Py_XDECREF(old);
+    }
+    """
+    object fw_alloc(object cls)
+    void fw_put(object obj, Py_ssize_t offset, object v)
+
+
+cdef bint _plain_dataclass(object cls, tuple fields):
+    """Whether cls(**fields) only stores its fields (no custom __init__/__post_init__)."""
+    import dataclasses
+
+    return (
+        dataclasses.is_dataclass(cls)
+        and tuple(f.name for f in dataclasses.fields(cls)) == fields
+        and not hasattr(cls, "__post_init__")
+        and getattr(cls.__init__, "__qualname__", "") == f"{cls.__qualname__}.__init__"
+    )
+
+
+cdef object _plain_slots(object cls, tuple fields):
+    """The slot offsets of fields, in this order, when cls(**fields) only stores them in
+    plain slots of an instance made by object.__new__; else None (call the class)."""
+    if not _plain_dataclass(cls, fields) or cls.__new__ is not object.__new__:
+        return None
+    return _slot_offsets(cls, fields)
+
+
+cdef object _EXECUTE_SLOTS = _plain_slots(Execute, ("stimulus_id", "key"))
 
 
 cdef inline object _execute(object key, object stimulus_id):
-    if not _FAST_EXECUTE:
+    if _EXECUTE_SLOTS is None:
         return Execute(key=key, stimulus_id=stimulus_id)
-    out = Execute.__new__(Execute)
-    out.key = key
-    out.stimulus_id = stimulus_id
+    cdef tuple offsets = _EXECUTE_SLOTS
+    out = fw_alloc(Execute)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    return out
+
+
+cdef object _RELEASE_DATA_SLOTS = _plain_slots(ReleaseWorkerDataMsg, ("stimulus_id", "key"))
+
+
+cdef inline object _release_worker_data_msg(object key, object stimulus_id):
+    if _RELEASE_DATA_SLOTS is None:
+        return ReleaseWorkerDataMsg(key=key, stimulus_id=stimulus_id)
+    cdef tuple offsets = _RELEASE_DATA_SLOTS
+    out = fw_alloc(ReleaseWorkerDataMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    return out
+
+
+cdef object _ADD_KEYS_SLOTS = _plain_slots(AddKeysMsg, ("stimulus_id", "keys"))
+
+
+cdef inline object _add_keys_msg(object keys, object stimulus_id):
+    if _ADD_KEYS_SLOTS is None:
+        return AddKeysMsg(keys=keys, stimulus_id=stimulus_id)
+    cdef tuple offsets = _ADD_KEYS_SLOTS
+    out = fw_alloc(AddKeysMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], keys)
+    return out
+
+
+cdef object _GATHER_DEP_SLOTS = _plain_slots(
+    GatherDep, ("stimulus_id", "worker", "to_gather", "total_nbytes")
+)
+
+
+cdef inline object _gather_dep(object worker, object to_gather, object total_nbytes,
+                               object stimulus_id):
+    if _GATHER_DEP_SLOTS is None:
+        return GatherDep(
+            worker=worker, to_gather=to_gather, total_nbytes=total_nbytes,
+            stimulus_id=stimulus_id,
+        )
+    cdef tuple offsets = _GATHER_DEP_SLOTS
+    out = fw_alloc(GatherDep)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], worker)
+    fw_put(out, offsets[2], to_gather)
+    fw_put(out, offsets[3], total_nbytes)
     return out
 
 
@@ -331,48 +549,35 @@ cdef tuple _type_info(object typ):
     return <tuple>info
 
 
-cdef bint _plain_dataclass(object cls, tuple fields):
-    """Whether cls(**fields) only stores its fields (no custom __init__/__post_init__)."""
-    import dataclasses
-
-    return (
-        dataclasses.is_dataclass(cls)
-        and tuple(f.name for f in dataclasses.fields(cls)) == fields
-        and not hasattr(cls, "__post_init__")
-        and getattr(cls.__init__, "__qualname__", "") == f"{cls.__qualname__}.__init__"
-    )
-
-
 cdef tuple _TASK_FINISHED_FIELDS = (
     "stimulus_id", "key", "run_id", "nbytes", "type", "typename", "metadata", "thread",
     "startstops",
 )
-cdef bint _FAST_TASK_FINISHED = _plain_dataclass(TaskFinishedMsg, _TASK_FINISHED_FIELDS)
+cdef object _TASK_FINISHED_SLOTS = _plain_slots(TaskFinishedMsg, _TASK_FINISHED_FIELDS)
 
 
 cdef object _task_finished_msg(object key, object run_id, object nbytes, object typ,
                                object metadata, object thread, object startstops,
                                object stimulus_id):
     pickled, name = _type_info(typ)
-    if not _FAST_TASK_FINISHED:
+    if _TASK_FINISHED_SLOTS is None:
         return TaskFinishedMsg(
             key=key, run_id=run_id, nbytes=nbytes, type=pickled, typename=name,
             metadata=metadata, thread=thread, startstops=startstops,
             stimulus_id=stimulus_id,
         )
-    out = TaskFinishedMsg.__new__(TaskFinishedMsg)
-    out.stimulus_id = stimulus_id
-    out.key = key
-    out.run_id = run_id
-    out.nbytes = nbytes
-    out.type = pickled
-    out.typename = name
-    out.metadata = metadata
-    out.thread = thread
-    out.startstops = startstops
+    cdef tuple offsets = _TASK_FINISHED_SLOTS
+    out = fw_alloc(TaskFinishedMsg)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], key)
+    fw_put(out, offsets[2], run_id)
+    fw_put(out, offsets[3], nbytes)
+    fw_put(out, offsets[4], pickled)
+    fw_put(out, offsets[5], name)
+    fw_put(out, offsets[6], metadata)
+    fw_put(out, offsets[7], thread)
+    fw_put(out, offsets[8], startstops)
     return out
-
-
 
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -394,7 +599,10 @@ cdef inline bint _inherits_noop_transition(object plugin) except -1:
 
 
 def _new_heap():
-    return PriorityHeapSet()  # keyed by .priority, read directly from the task
+    # keyed by .priority, read directly from the task. __cinit__ alone leaves it as
+    # PriorityHeapSet() does (empty, default key), without parsing __init__'s keywords;
+    # data_needed makes and drops one per peer whenever the peer's queue empties.
+    return PriorityHeapSet.__new__(PriorityHeapSet)
 
 
 # get_address_host(address) is a pure function of the address string; peers are few.
@@ -582,7 +790,7 @@ cdef class WorkerState:
     cdef list _handle_stimuli(self, tuple stims):
         cdef list instructions = []
         # Read the log level once per call, not once per debug message site.
-        self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._debug = _debug_enabled()
         handled = _now()
         for stim in stims:
             if not isinstance(stim, FindMissingEvent):
@@ -617,8 +825,10 @@ cdef class WorkerState:
         cdef dict initial_states = {}
         self._process_recs(recommendations.copy(), instructions, initial_states, stimulus_id)
         recs, instr = self._ensure_communicating(stimulus_id)
-        instructions += instr
-        self._process_recs(recs, instructions, initial_states, stimulus_id)
+        if instr:
+            instructions.extend(instr)
+        if recs:
+            self._process_recs(recs, instructions, initial_states, stimulus_id)
         if type(self.task_counter) is TaskCounter:
             (<TaskCounter>self.task_counter).transitions_c(initial_states)
         else:
@@ -636,8 +846,11 @@ cdef class WorkerState:
             if ts not in initial_states:
                 initial_states[ts] = _name(ts._state)
             a_recs, a_instr = self._tr(ts, finish, _EMPTY_TUPLE, stimulus_id)
-            recs.update(a_recs)
-            instructions.extend(a_instr)
+            # (most transitions return the shared empties: nothing to merge)
+            if type(a_recs) is not dict or a_recs:
+                recs.update(a_recs)
+            if type(a_instr) is not list or a_instr:
+                instructions.extend(a_instr)
 
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id):
         if self._py_transition:
@@ -926,7 +1139,7 @@ cdef class WorkerState:
         if pair == _pair(TS_MISSING, TS_FETCH):
             if v:
                 assert ts._state == TS_MISSING
-            if not ts.who_has:
+            if not _who_has(ts):
                 return _NOTHING
             self.missing_dep_flight.discard(ts)
             return self._generic_fetch(ts)
@@ -945,7 +1158,7 @@ cdef class WorkerState:
             assert ts.nbytes is not None
             self.nbytes -= ts.nbytes
             recs = self._generic_released(ts)[0]
-            return recs, [ReleaseWorkerDataMsg(key=ts.key, stimulus_id=sid)]
+            return recs, [_release_worker_data_msg(ts.key, sid)]
         if pair == _pair(TS_RELEASED, TS_FETCH):
             if v:
                 assert ts._state == TS_RELEASED
@@ -963,14 +1176,14 @@ cdef class WorkerState:
     # --- transition bodies shared by several table entries ------------------------------
 
     cdef tuple _generic_fetch(self, TaskState ts):
-        if not ts.who_has:
+        if not _who_has(ts):
             return {ts: "missing"}, _NO_INSTR
         ts._state = TS_FETCH
         ts.done = False
         self.fetch_count += 1
         assert ts.priority
         data_needed = self.data_needed
-        for w in ts.who_has:
+        for w in _who_has(ts):
             _heap_add(data_needed[w], ts)
         return _NOTHING
 
@@ -986,11 +1199,11 @@ cdef class WorkerState:
         cdef TaskState dep
         cdef dict recs = {}
         self._purge_state(ts)
-        for dep in ts.dependencies:
-            if not dep.waiters and not _is_unreleasable(dep._state):
+        for dep in _dependencies(ts):
+            if not _waiters(dep) and not _is_unreleasable(dep._state):
                 recs[dep] = "released"
         ts._state = TS_RELEASED
-        if not ts.dependents:
+        if not _dependents(ts):
             recs[ts] = "forgotten"
         return recs, _NO_INSTR
 
@@ -1011,13 +1224,14 @@ cdef class WorkerState:
         cdef dict recs = {}
         if self.validate:
             assert all(d.key in self.tasks for d in ts.dependencies)
-        ts.waiting_for_data.clear()
-        for dep in ts.dependencies:
+        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+            ts._waiting_for_data.clear()
+        for dep in _dependencies(ts):
             if dep._state != TS_MEMORY:
-                ts.waiting_for_data.add(dep)
-                dep.waiters.add(ts)
+                made_waiting_for_data(ts).add(dep)
+                made_waiters(dep).add(ts)
                 recs[dep] = "fetch"
-        if not ts.waiting_for_data:
+        if not _waiting_for_data(ts):
             recs[ts] = "ready"
         ts._state = TS_WAITING
         self.waiting.add(ts)
@@ -1028,9 +1242,10 @@ cdef class WorkerState:
         cdef dict recs = {}
         if self.validate:
             assert not any(d.state != "forgotten" for d in ts.dependents)
-        for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            if dep._state == TS_RELEASED and not dep.dependents:
+        for dep in _dependencies(ts):
+            if not dep._unmade & UNMADE_DEPENDENTS:
+                dep._dependents.discard(ts)
+            if dep._state == TS_RELEASED and not _dependents(dep):
                 recs[dep] = "forgotten"
         self._purge_state(ts)
         ts._state = TS_FORGOTTEN
@@ -1064,13 +1279,14 @@ cdef class WorkerState:
             ts.nbytes = safe_sizeof(value)
         self.nbytes += ts.nbytes
         ts.type = type(value)
-        for dep in ts.dependents:
-            dep.waiting_for_data.discard(ts)
-            if not dep.waiting_for_data and dep._state == TS_WAITING:
+        for dep in _dependents(ts):
+            if not dep._unmade & UNMADE_WAITING_FOR_DATA:
+                dep._waiting_for_data.discard(ts)
+            if not _waiting_for_data(dep) and dep._state == TS_WAITING:
                 recs[dep] = "ready"
         self.log.append((key, "put-in-memory", stimulus_id, _now()))
         if msg_type == MSG_ADD_KEYS:
-            instructions.append(AddKeysMsg(keys=[key], stimulus_id=stimulus_id))
+            instructions.append(_add_keys_msg([key], stimulus_id))
         elif msg_type == MSG_TASK_FINISHED:
             assert run_id != _RUN_ID_SENTINEL
             instructions.append(self._get_task_finished_msg(ts, run_id, stimulus_id))
@@ -1091,9 +1307,9 @@ cdef class WorkerState:
                                        object stimulus_id):
         cdef TaskState ts = self.tasks.get(key)
         if ts is None:
-            ts = TaskState(key)
+            ts = new_task(key)
             self.tasks[key] = ts
-            self.task_counter.new_task(ts)
+            _count_new_task(self.task_counter, ts)
         elif self._debug:
             logger.debug("Data task %s already known (stimulus_id=%s)", ts, stimulus_id)
         if not ts.priority:
@@ -1117,17 +1333,18 @@ cdef class WorkerState:
                         "Scheduler claims worker %s holds data for task %s, which is not true.",
                         self._address, ts,
                     )
-            if ts.who_has == workers:
+            if _who_has(ts) == workers:
                 continue
-            for worker in ts.who_has - workers:
+            for worker in _who_has(ts) - workers:
                 self.has_what[worker].remove(key)
                 if ts._state == TS_FETCH:
                     self.data_needed[worker].remove(ts)
-            for worker in workers - ts.who_has:
+            for worker in workers - _who_has(ts):
                 self.has_what[worker].add(key)
                 if ts._state == TS_FETCH:
                     _heap_add(self.data_needed[worker], ts)
-            ts.who_has = workers
+            ts._who_has = workers
+            ts._unmade &= ~UNMADE_WHO_HAS
         return 0
 
     cdef int _purge_state(self, TaskState ts) except -1:
@@ -1139,17 +1356,20 @@ cdef class WorkerState:
             del self.data[key]
         self.actors.pop(key, None)
         self.threads.pop(key, None)
-        if ts.who_has:
+        if _who_has(ts):
             has_what = self.has_what
             data_needed = self.data_needed
-            for worker in ts.who_has:
+            for worker in ts._who_has:
                 has_what[worker].discard(key)
                 _heap_discard(data_needed[worker], ts)
-            ts.who_has.clear()
-        for dep in ts.dependencies:
-            ts.waiting_for_data.discard(dep)
-            dep.waiters.discard(ts)
-        ts.waiting_for_data.clear()
+            ts._who_has.clear()
+        for dep in _dependencies(ts):
+            if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+                ts._waiting_for_data.discard(dep)
+            if not dep._unmade & UNMADE_WAITERS:
+                dep._waiters.discard(ts)
+        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+            ts._waiting_for_data.clear()
         ts.nbytes = None
         ts._previous = TS_NONE
         ts._next = TS_NONE
@@ -1195,7 +1415,7 @@ cdef class WorkerState:
                 ts = _heap_peek(available)
                 if self._task_exceeds_transfer_limits(ts, message_nbytes):
                     break
-                for w in ts.who_has:
+                for w in _who_has(ts):
                     self.data_needed[w].remove(ts)
                 to_gather.append(ts)
                 message_nbytes += ts.get_nbytes()
@@ -1218,10 +1438,9 @@ cdef class WorkerState:
                     assert worker in ts.who_has
                     assert ts not in recs
                 recs[ts] = ("flight", worker)
-            instructions.append(GatherDep(
-                worker=worker, to_gather=to_gather_keys, total_nbytes=message_nbytes,
-                stimulus_id=stimulus_id,
-            ))
+            instructions.append(
+                _gather_dep(worker, to_gather_keys, message_nbytes, stimulus_id)
+            )
             self.in_flight_workers[worker] = to_gather_keys
             self.transfer_incoming_count_total += 1
             self.transfer_incoming_bytes += message_nbytes
@@ -1360,9 +1579,9 @@ cdef class WorkerState:
             for key, value in ev.data.items():
                 ts = self.tasks.get(key)
                 if ts is None:
-                    ts = TaskState(key)
+                    ts = new_task(key)
                     self.tasks[key] = ts
-                    self.task_counter.new_task(ts)
+                    _count_new_task(self.task_counter, ts)
                 recs[ts] = ("memory", value, _RUN_ID_SENTINEL)
                 self.log.append((key, "receive-from-scatter", _name(ts._state), sid, _now()))
             return recs, _NO_INSTR
@@ -1372,7 +1591,7 @@ cdef class WorkerState:
                 ts = self.tasks.get(key)
                 if ts is None or ts._state != TS_MEMORY:
                     continue
-                for dep in ts.dependents:
+                for dep in _dependents(ts):
                     if dep.state in ("executing", "long-running"):
                         raise RuntimeError(
                             f"Cannot remove replica of {ts.key!r} while {dep.key!r} "
@@ -1403,7 +1622,8 @@ cdef class WorkerState:
                     if self.validate:
                         assert ts._state != TS_FETCH
                         assert ts not in self.data_needed[ev.worker]
-                    ts.who_has.discard(ev.worker)
+                    if not ts._unmade & UNMADE_WHO_HAS:
+                        ts._who_has.discard(ev.worker)
                     if ev.worker in self.has_what:
                         self.has_what[ev.worker].discard(ts.key)
                     recs[ts] = "fetch"
@@ -1414,7 +1634,7 @@ cdef class WorkerState:
             refresh_who_has = []
             for ts in self._gather_dep_done_common(ev):
                 recs[ts] = "fetch"
-                if not ts.who_has - self.busy_workers:
+                if not _who_has(ts) - self.busy_workers:
                     refresh_who_has.append(ts.key)
             instructions = [RetryBusyWorkerLater(worker=ev.worker, stimulus_id=sid)]
             if refresh_who_has:
@@ -1482,9 +1702,9 @@ cdef class WorkerState:
                 ts = self.tasks.get(key)
                 if not ts:
                     continue
-                if ts.who_has and ts._state == TS_MISSING:
+                if _who_has(ts) and ts._state == TS_MISSING:
                     recs[ts] = "fetch"
-                elif not ts.who_has and ts._state == TS_FETCH:
+                elif not _who_has(ts) and ts._state == TS_FETCH:
                     recs[ts] = "missing"
             return recs, _NO_INSTR
         raise TypeError(ev)
@@ -1496,9 +1716,9 @@ cdef class WorkerState:
         key = ev.key
         ts = self.tasks.get(key)
         if ts is None:
-            ts = TaskState(key)
+            ts = new_task(key)
             self.tasks[key] = ts
-            self.task_counter.new_task(ts)
+            _count_new_task(self.task_counter, ts)
         elif self._debug:
             logger.debug(
                 "Asked to compute an already known task %s", {"task": ts, "stimulus_id": sid}
@@ -1540,8 +1760,8 @@ cdef class WorkerState:
             dep_ts = self._ensure_task_exists(dep_key, priority, sid)
             if dep_ts._state != TS_MEMORY:
                 dep_ts.nbytes = nbytes
-            ts.dependencies.add(dep_ts)
-            dep_ts.dependents.add(ts)
+            made_dependencies(ts).add(dep_ts)
+            made_dependents(dep_ts).add(ts)
         self._update_who_has(ev.who_has)
         return {ts: "waiting"}, _NO_INSTR
 
@@ -1580,11 +1800,11 @@ cdef class WorkerState:
             if self.validate:
                 assert ts._state == TS_FETCH
                 assert worker in ts.who_has
-            if ts.who_has == {worker}:
+            if _who_has(ts) == {worker}:
                 recs[ts] = "missing"
         for key in self.has_what.pop(worker, ()):
             ts = self.tasks[key]
-            ts.who_has.remove(worker)
+            made_who_has(ts).remove(worker)
         return 0
 
     # --- introspection --------------------------------------------------------------------
@@ -1975,6 +2195,14 @@ cdef class TaskCounter:
         return 0
 
 
+cdef inline int _count_new_task(object counter, TaskState ts) except -1:
+    if type(counter) is TaskCounter:
+        (<TaskCounter>counter)._new_tasks.add(ts)
+    else:
+        counter.new_task(ts)
+    return 0
+
+
 def _new_empty_state(cls):
     return cls.__new__(cls)
 
@@ -2037,4 +2265,10 @@ cdef class _GatherOrder:
 def _fast_paths():
     """Which instructions are built slot by slot (True) rather than through their
     dataclass __init__; both give equal objects. For tests and diagnostics."""
-    return {"Execute": _FAST_EXECUTE, "TaskFinishedMsg": _FAST_TASK_FINISHED}
+    return {
+        "Execute": _EXECUTE_SLOTS is not None,
+        "TaskFinishedMsg": _TASK_FINISHED_SLOTS is not None,
+        "ReleaseWorkerDataMsg": _RELEASE_DATA_SLOTS is not None,
+        "AddKeysMsg": _ADD_KEYS_SLOTS is not None,
+        "GatherDep": _GATHER_DEP_SLOTS is not None,
+    }

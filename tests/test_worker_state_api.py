@@ -604,3 +604,169 @@ def test_stock_and_fast_events_are_shared_classes(fast_cls):
     assert type(instr) is Execute
     assert isinstance(ws.stimulus_log[0], StateMachineEvent)
     assert type(ws.stimulus_log[0]) is ComputeTaskEvent
+
+
+class ExtraSlotCompute(ComputeTaskEvent):
+    """A user subclass with a slot of its own (copied like the inherited ones)."""
+
+    __slots__ = ("note",)
+
+
+class ShadowingCompute(ComputeTaskEvent):
+    """A user subclass that puts a property over an inherited slot."""
+
+    __slots__ = ()
+
+    @property
+    def span_id(self):
+        return "from-property"
+
+    @span_id.setter
+    def span_id(self, value):
+        pass
+
+
+@pytest.mark.parametrize("cls", [ComputeTaskEvent, ExtraSlotCompute, ShadowingCompute])
+def test_stimulus_log_entries_are_shallow_copies(ws_impl, cls):
+    """The logged form of a compute/success/gather event is a new instance holding the
+    same field objects, payload blanked, the handled event itself untouched (stock's
+    copy.copy); subclasses that add slots or shadow one with a property included."""
+    ws = new_state(ws_impl.WorkerState)
+    ev = cls(
+        key="x", run_id=1, who_has={}, nbytes={}, priority=(0,), run_spec="spec",
+        resource_restrictions={}, actor=False, annotations={"a": 1}, span_id=None,
+        stimulus_id="s1",
+    )
+    if cls is ExtraSlotCompute:
+        ev.note = ["note"]
+    ws.handle_stimulus(ev)
+    logged = ws.stimulus_log[-1]
+    assert type(logged) is cls and logged is not ev
+    assert logged.run_spec is None and ev.run_spec == "spec"
+    assert isinstance(logged.handled, float) and ev.handled is None
+    assert logged.annotations is ev.annotations and logged.priority is ev.priority
+    assert logged.span_id == ev.span_id
+    if cls is ExtraSlotCompute:
+        assert logged.note is ev.note
+
+    value = object()
+    done = ExecuteSuccessEvent(
+        key="x", run_id=1, value=value, start=0.0, stop=1.0, nbytes=8, type=object,
+        stimulus_id="s2",
+    )
+    ws.handle_stimulus(done)
+    logged = ws.stimulus_log[-1]
+    assert type(logged) is ExecuteSuccessEvent and logged is not done
+    assert logged.value is None and done.value is value
+    assert (logged.key, logged.run_id, logged.start, logged.stop, logged.nbytes) == (
+        "x", 1, 0.0, 1.0, 8
+    )
+    assert logged.type is object and logged.stimulus_id == "s2"
+
+
+def test_tasks_made_by_the_state_machine_have_constructor_defaults(ws_impl):
+    """A task the machine creates (here a dependency to fetch) starts with the same
+    field values as ``TaskState(key)``, except what the machine then set."""
+    ws = new_state(ws_impl.WorkerState)
+    ws.handle_stimulus(compute("x", "s1", who_has={"a": [W2]}, nbytes={"a": 1}))
+    made = ws.tasks["a"]
+    fresh = ws_impl.TaskState("a")
+    for name in (
+        "run_id", "run_spec", "dependencies", "waiting_for_data", "previous",
+        "next", "resource_restrictions", "exception", "traceback", "exception_text",
+        "traceback_text", "type", "suspicious_count", "startstops", "start_time",
+        "stop_time", "metadata", "annotations", "span_id", "prefix",
+    ):
+        assert getattr(made, name) == getattr(fresh, name), name
+        assert type(getattr(made, name)) is type(getattr(fresh, name)), name
+    x = ws.tasks["x"]
+    assert made.dependents == made.waiters == {x} and made.who_has == {W2}
+    assert made in ws_impl.TaskState._instances
+    assert x.dependencies == x.waiting_for_data == {made}
+    # an empty set is the task's own, kept, and mutable
+    assert made.waiting_for_data is made.waiting_for_data
+    made.waiting_for_data.add(x)
+    assert made.waiting_for_data == {x}
+
+
+def test_hot_instructions_are_built_slot_by_slot():
+    """Against the pinned distributed, the hot instruction classes are plain slotted
+    dataclasses, so fastworker fills their slots directly (see _fast_paths); the
+    instructions equal what their own constructors make."""
+    from fastworker import workerstate
+
+    if FASTWORKER.WorkerState is None:
+        pytest.skip("fastworker has no WorkerState yet")
+    assert all(workerstate._fast_paths().values())
+    ws = new_state(FASTWORKER.WorkerState)
+    instructions = ws.handle_stimulus(compute("x", "s1"))
+    instructions += ws.handle_stimulus(success("x", "s2", value=1))
+    instructions += ws.handle_stimulus(FreeKeysEvent(keys=["x"], stimulus_id="s3"))
+    instructions += ws.handle_stimulus(acquire("y", [W2], "s4"))
+    assert [type(i).__name__ for i in instructions] == [
+        "Execute", "TaskFinishedMsg", "ReleaseWorkerDataMsg", "GatherDep",
+    ]
+    assert instructions[0] == Execute(key="x", stimulus_id="s1")
+    assert instructions[2].key == "x" and instructions[2].stimulus_id == "s3"
+    assert instructions[3] == GatherDep(
+        worker=W2, to_gather={"y"}, total_nbytes=1, stimulus_id="s4"
+    )
+    assert repr(instructions[2]) == "ReleaseWorkerDataMsg(stimulus_id='s3', key='x')"
+
+
+def test_debug_messages_follow_the_logger_level_between_calls(ws_impl, caplog):
+    """Debug messages are emitted exactly while the state machine's logger is
+    enabled for DEBUG, re-read on every handle_stimulus call (level changes and
+    ``disabled`` included)."""
+    import logging
+
+    log = logging.getLogger("distributed.worker.state_machine")
+    ws = new_state(ws_impl.WorkerState)
+
+    def purges(*stims):
+        caplog.clear()
+        for stim in stims:
+            ws.handle_stimulus(stim)
+        # the messages name the task, whose repr shows its state at formatting time
+        return [r.args[0].key for r in caplog.records
+                if r.name == log.name and r.msg == "Purge task: %s"]
+
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        assert purges(compute("x", "s1"), success("x", "s2"),
+                      FreeKeysEvent(keys=["x"], stimulus_id="s3")) == ["x", "x"]
+        log.setLevel(logging.INFO)
+        assert purges(compute("y", "s4"), success("y", "s5"),
+                      FreeKeysEvent(keys=["y"], stimulus_id="s6")) == []
+        log.setLevel(logging.DEBUG)
+        log.disabled = True
+        try:
+            assert purges(compute("z", "s7"), success("z", "s8"),
+                          FreeKeysEvent(keys=["z"], stimulus_id="s9")) == []
+        finally:
+            log.disabled = False
+        assert purges(compute("w", "s10"), success("w", "s11"),
+                      FreeKeysEvent(keys=["w"], stimulus_id="s12")) == ["w", "w"]
+
+
+def test_data_needed_heaps_start_like_constructed_ones(fast_cls):
+    """The queues data_needed makes per peer are in the state PriorityHeapSet()
+    leaves a new heap in (empty, keyed by priority, default compaction)."""
+    from fastworker.heap import PriorityHeapSet
+
+    ws = new_state(fast_cls)
+    made, built = ws.data_needed[W2], PriorityHeapSet()
+    assert type(made) is PriorityHeapSet
+    for name in ("key", "_data", "_heap", "_inc", "_sorted", "_compact_threshold"):
+        assert getattr(made, name) == getattr(built, name), name
+    assert len(made) == 0 and list(made) == [] and list(made.sorted()) == []
+    a, b = ws_task("a", (1,)), ws_task("b", (0,))
+    made.add(a), made.add(b)
+    assert made.pop() is b and made.peek() is a and W2 in ws.data_needed
+
+
+def ws_task(key, priority):
+    from fastworker import TaskState
+
+    ts = TaskState(key)
+    ts.priority = priority
+    return ts
