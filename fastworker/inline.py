@@ -262,6 +262,12 @@ class InlineExecution:
         if worker.status not in RUNNING:
             return RescheduleEvent(key=key, stimulus_id=f"worker-closing-{time()}")
         ts = worker.state.tasks[key]
+        if ts.prefix in self.demoted:  # demoted while this one waited in the queue
+            self._start(
+                f"execute({key!r})", worker.execute, key,
+                span_id=span_id, stimulus_id=stimulus_id,
+            )
+            return None
         run_id = ts.run_id
         try:
             data = {dep.key: worker.data[dep.key] for dep in ts.dependencies}

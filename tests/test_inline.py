@@ -202,7 +202,7 @@ def test_resources_and_cancellation_inline():
     run(main())
 
 
-def test_slow_task_in_tiny_prefix_is_demoted_and_loop_stays_responsive():
+def test_slow_task_in_tiny_prefix_is_demoted_and_batches_stay_bounded():
     def tiny_or_slow(x):
         if x < 0:
             time.sleep(0.05)
@@ -211,33 +211,29 @@ def test_slow_task_in_tiny_prefix_is_demoted_and_loop_stays_responsive():
     async def main():
         s, w, c = await cluster()
         inline = w._fastworker_inline
-        gaps = []
-        stop = asyncio.Event()
+        batches = []  # how long each batch held the event loop
+        drain = inline._drain
 
-        async def ticker():
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.002)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
+        def timed_drain():
+            t0 = time.perf_counter()
+            drain()
+            batches.append(time.perf_counter() - t0)
 
-        tick = asyncio.create_task(ticker())
+        inline._drain = timed_drain
         try:
             prime(w, "tiny_or_slow")
             xs = list(range(200)) + [-1] * 6 + list(range(200, 400))
             futures = c.map(tiny_or_slow, xs, key=[f"tiny_or_slow-{i}" for i in range(len(xs))])
             assert await c.gather(futures) == xs
             assert "tiny_or_slow" in inline.demoted
-            slow_inline = inline.inline_count - 400
-            assert slow_inline <= 2  # two strikes, then the pool
         finally:
-            stop.set()
-            await tick
             await close(s, w, c)
-        # The loop was never blocked much beyond one slow task plus one batch
-        # (0.05 s + 0.01 s; generous slack for this shared machine).
-        assert max(gaps) < 0.05 + 0.01 + 0.15, max(gaps)
+        # A batch stops once its 10 ms are spent, so it holds the loop for at most
+        # that plus the one task it was running (slack for this shared machine);
+        # only the batches that ran a slow task come near that, and after two
+        # strikes the prefix's tasks (queued ones too) go to the pool.
+        assert batches and max(batches) < 0.05 + 0.01 + 0.1, max(batches)
+        assert sum(b > 0.04 for b in batches) == 2, sorted(batches)[-5:]
 
     run(main())
 
