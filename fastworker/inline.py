@@ -236,8 +236,13 @@ class InlineExecution:
         """Run queued tasks, feeding their results back once per round, until the
         queue is empty or the batch's time budget is spent; then yield."""
         self.scheduled = False
-        self.batch_count += 1
         worker = self.worker
+        if worker.status not in RUNNING:
+            # Closing: as the pool's asyncio tasks are cancelled then, queued tasks
+            # are dropped, not run, and nothing more reaches the state machine.
+            self.queue.clear()
+            return
+        self.batch_count += 1
         deadline = perf_counter() + self.batch_time
         while self.queue:
             events = []
