@@ -473,14 +473,19 @@ cdef object _plain_slots(object cls, tuple fields):
 cdef object _EXECUTE_SLOTS = _plain_slots(Execute, ("stimulus_id", "key"))
 
 
+cdef inline object _two_slots(object cls, tuple offsets, object stimulus_id, object value):
+    """An instance of the plain slotted dataclass ``cls`` with its (stimulus_id,
+    value) slots written at ``offsets``."""
+    out = fw_alloc(cls)
+    fw_put(out, offsets[0], stimulus_id)
+    fw_put(out, offsets[1], value)
+    return out
+
+
 cdef inline object _execute(object key, object stimulus_id):
     if _EXECUTE_SLOTS is None:
         return Execute(key=key, stimulus_id=stimulus_id)
-    cdef tuple offsets = _EXECUTE_SLOTS
-    out = fw_alloc(Execute)
-    fw_put(out, offsets[0], stimulus_id)
-    fw_put(out, offsets[1], key)
-    return out
+    return _two_slots(Execute, <tuple>_EXECUTE_SLOTS, stimulus_id, key)
 
 
 cdef object _RELEASE_DATA_SLOTS = _plain_slots(ReleaseWorkerDataMsg, ("stimulus_id", "key"))
@@ -489,11 +494,7 @@ cdef object _RELEASE_DATA_SLOTS = _plain_slots(ReleaseWorkerDataMsg, ("stimulus_
 cdef inline object _release_worker_data_msg(object key, object stimulus_id):
     if _RELEASE_DATA_SLOTS is None:
         return ReleaseWorkerDataMsg(key=key, stimulus_id=stimulus_id)
-    cdef tuple offsets = _RELEASE_DATA_SLOTS
-    out = fw_alloc(ReleaseWorkerDataMsg)
-    fw_put(out, offsets[0], stimulus_id)
-    fw_put(out, offsets[1], key)
-    return out
+    return _two_slots(ReleaseWorkerDataMsg, <tuple>_RELEASE_DATA_SLOTS, stimulus_id, key)
 
 
 cdef object _ADD_KEYS_SLOTS = _plain_slots(AddKeysMsg, ("stimulus_id", "keys"))
@@ -502,11 +503,7 @@ cdef object _ADD_KEYS_SLOTS = _plain_slots(AddKeysMsg, ("stimulus_id", "keys"))
 cdef inline object _add_keys_msg(object keys, object stimulus_id):
     if _ADD_KEYS_SLOTS is None:
         return AddKeysMsg(keys=keys, stimulus_id=stimulus_id)
-    cdef tuple offsets = _ADD_KEYS_SLOTS
-    out = fw_alloc(AddKeysMsg)
-    fw_put(out, offsets[0], stimulus_id)
-    fw_put(out, offsets[1], keys)
-    return out
+    return _two_slots(AddKeysMsg, <tuple>_ADD_KEYS_SLOTS, stimulus_id, keys)
 
 
 cdef object _GATHER_DEP_SLOTS = _plain_slots(
