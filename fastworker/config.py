@@ -24,6 +24,17 @@ DEFAULTS: dict = {
             # Each batch runs for at most about this long, then yields to the loop.
             "batch-time": "10ms",
         },
+        # Low-latency dispatch (fastworker.dispatch): the scheduler's streams to the
+        # workers (with fastworker.SchedulerPlugin) and fastworker workers' stream to
+        # the scheduler send at once when idle instead of on distributed's fixed
+        # batching interval (5 ms scheduler -> worker, 2 ms worker -> scheduler).
+        "dispatch": {
+            "enabled": True,
+            # A stream that carries this many messages per second or more (measured
+            # over `window`) batches at distributed's own interval again.
+            "busy-rate": 4000,
+            "window": "50ms",
+        },
     }
 }
 
