@@ -32,8 +32,11 @@ DEFAULTS: dict = {
             "enabled": True,
             # A stream that carries this many messages per second or more (measured
             # over `window`) batches at distributed's own interval again.
-            "busy-rate": 4000,
+            "busy-rate": 5000,
             "window": "50ms",
+            # The interval of a stream that is not busy: 0 sends on the next loop
+            # iteration (what is sent during a write still leaves together after it).
+            "interval": "0ms",
         },
     }
 }

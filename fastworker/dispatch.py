@@ -27,6 +27,7 @@ stream that goes quiet is back to interval 0 with its next message.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import dask
@@ -39,34 +40,46 @@ logger = logging.getLogger("distributed.fastworker")
 _logged_rule: set[str] = set()
 
 
-def settings() -> dict:
-    """The ``fastworker.dispatch.*`` keys, parsed (read on every call)."""
-    return {
-        "enabled": bool(dask.config.get("fastworker.dispatch.enabled", True)),
-        "busy_rate": float(dask.config.get("fastworker.dispatch.busy-rate", 4000)),
-        "window": parse_timedelta(dask.config.get("fastworker.dispatch.window", "50ms"), default="ms"),
-    }
+@dataclass(frozen=True)
+class Rule:
+    """When a paced stream writes (the ``fastworker.dispatch.*`` keys)."""
+
+    #: Messages per second on one stream from which it batches at its stock interval.
+    busy_rate: float = 5000.0
+    #: How long the rate is measured over before the mode is reconsidered (seconds).
+    window: float = 0.05
+    #: The interval of a quiet stream (seconds; 0: write as soon as the loop runs).
+    interval: float = 0.0
+
+    @classmethod
+    def from_config(cls) -> Rule:
+        get = dask.config.get
+        return cls(
+            busy_rate=float(get("fastworker.dispatch.busy-rate", 5000)),
+            window=parse_timedelta(get("fastworker.dispatch.window", "50ms"), default="ms"),
+            interval=parse_timedelta(get("fastworker.dispatch.interval", "0ms"), default="ms"),
+        )
+
+    def describe(self, side: str) -> str:
+        return (
+            f"fastworker: low-latency dispatch on the {side} streams: a message to an idle "
+            f"stream leaves {'at once' if not self.interval else f'within {self.interval * 1e3:g} ms'}, "
+            f"messages sent during a write leave right after it, and a stream carrying "
+            f"{self.busy_rate:g} messages/s or more (over {self.window * 1e3:g} ms) batches at "
+            "distributed's own interval"
+        )
 
 
 def enabled() -> bool:
     """The current value of ``fastworker.dispatch.enabled``."""
-    return settings()["enabled"]
+    return bool(dask.config.get("fastworker.dispatch.enabled", True))
 
 
-def describe_rule(side: str, busy_rate: float, window: float) -> str:
-    return (
-        f"fastworker: low-latency dispatch on the {side} streams: a message to an idle "
-        f"stream leaves at once, messages sent during a write leave right after it, and a "
-        f"stream carrying {busy_rate:g} messages/s or more (over {window * 1000:g} ms) "
-        "batches at distributed's own interval"
-    )
-
-
-def log_rule_once(side: str, busy_rate: float, window: float) -> None:
+def log_rule_once(side: str, rule: Rule) -> None:
     """Log the rule at INFO, once per process and side."""
     if side not in _logged_rule:
         _logged_rule.add(side)
-        logger.info(describe_rule(side, busy_rate, window))
+        logger.info(rule.describe(side))
 
 
 class Pacer:
@@ -79,32 +92,31 @@ class Pacer:
     __slots__ = (
         "stream",
         "stock_interval",
-        "busy_rate",
-        "window",
+        "rule",
         "busy",
         "window_start",
         "window_count",
         "switches",
     )
 
-    def __init__(self, stream: BatchedSend, busy_rate: float, window: float):
+    def __init__(self, stream: BatchedSend, rule: Rule):
         self.stream = stream
         self.stock_interval = stream.interval
-        self.busy_rate = busy_rate
-        self.window = window
+        self.rule = rule
         self.busy = False
         self.window_start = time()
         self.window_count = 0
         self.switches = 0
 
     @classmethod
-    def adopt(cls, stream: BatchedSend, busy_rate: float, window: float) -> Pacer:
+    def adopt(cls, stream: BatchedSend, rule: Rule) -> Pacer:
         pacer = getattr(stream, "_fastworker_pacer", None)
         if isinstance(pacer, Pacer):
-            pacer.busy_rate = busy_rate
-            pacer.window = window
+            pacer.rule = rule
+            if not pacer.busy:
+                pacer._quiet(time())
             return pacer
-        pacer = cls(stream, busy_rate, window)
+        pacer = cls(stream, rule)
         stream._fastworker_pacer = pacer
         stream.send = pacer.send  # shadows BatchedSend.send on this instance only
         pacer._quiet(time())
@@ -125,9 +137,9 @@ class Pacer:
 
     def _quiet(self, now: float) -> None:
         stream = self.stream
-        stream.interval = 0.0
+        stream.interval = self.rule.interval
         deadline = stream.next_deadline
-        if deadline is not None and deadline > now:
+        if deadline is not None and deadline > now + self.rule.interval:
             # A stock-length window is pending: end it now, so that the buffer
             # leaves on the next loop iteration instead of at its end.
             stream.next_deadline = now
@@ -137,8 +149,9 @@ class Pacer:
         now = time()
         self.window_count += len(msgs)
         elapsed = now - self.window_start
-        if elapsed >= self.window:
-            busy = self.window_count >= self.busy_rate * elapsed
+        rule = self.rule
+        if elapsed >= rule.window:
+            busy = self.window_count >= rule.busy_rate * elapsed
             if busy != self.busy:
                 self.busy = busy
                 self.switches += 1
@@ -156,4 +169,7 @@ class Pacer:
             "interval": self.stream.interval,
             "stock_interval": self.stock_interval,
             "switches": self.switches,
+            # cumulative, over the stream's life: how much the writes coalesce
+            "messages": self.stream.message_count,
+            "writes": self.stream.batch_count,
         }

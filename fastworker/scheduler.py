@@ -15,6 +15,7 @@ as stock. ``client.run_on_scheduler(fastworker.status)`` reports whether it runs
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin as _BasePlugin
@@ -54,8 +55,7 @@ class SchedulerPlugin(_BasePlugin):
         self.scheduler: Any = None
         self.active = False
         self.reason: str | None = "not started"
-        self.busy_rate = 0.0
-        self.window = 0.0
+        self.rule: dispatch.Rule | None = None
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -71,13 +71,12 @@ class SchedulerPlugin(_BasePlugin):
 
     def resume(self) -> None:
         """Pace every present stream (and, from now on, every new one)."""
-        settings = dispatch.settings()
-        self.busy_rate, self.window = settings["busy_rate"], settings["window"]
+        self.rule = dispatch.Rule.from_config()
         self.active = True
         self.reason = None
-        dispatch.log_rule_once("scheduler", self.busy_rate, self.window)
+        dispatch.log_rule_once("scheduler", self.rule)
         for stream in list(self.scheduler.stream_comms.values()):
-            dispatch.Pacer.adopt(stream, self.busy_rate, self.window)
+            dispatch.Pacer.adopt(stream, self.rule)
 
     def pause(self) -> None:
         """Give every stream back its stock interval; new workers stay stock."""
@@ -92,7 +91,7 @@ class SchedulerPlugin(_BasePlugin):
         if self.active:
             stream = scheduler.stream_comms.get(worker)
             if stream is not None:
-                dispatch.Pacer.adopt(stream, self.busy_rate, self.window)
+                dispatch.Pacer.adopt(stream, self.rule)
 
     async def close(self) -> None:
         self.active = False
@@ -114,8 +113,7 @@ class SchedulerPlugin(_BasePlugin):
             "streams": len(streams),
             "paced_streams": paced,
             "modes": modes,
-            "busy_rate": self.busy_rate,
-            "window": self.window,
+            "rule": asdict(self.rule) if self.rule else None,
         }
 
 

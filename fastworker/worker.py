@@ -220,9 +220,9 @@ def pace_worker_stream(worker: Any) -> bool:
     stream = getattr(worker, "batched_stream", None)
     if stream is None or not dispatch.enabled():
         return False
-    settings = dispatch.settings()
-    dispatch.log_rule_once("worker", settings["busy_rate"], settings["window"])
-    dispatch.Pacer.adopt(stream, settings["busy_rate"], settings["window"])
+    rule = dispatch.Rule.from_config()
+    dispatch.log_rule_once("worker", rule)
+    dispatch.Pacer.adopt(stream, rule)
     return True
 
 

@@ -1,0 +1,224 @@
+"""Low-latency dispatch from 1 to 16 worker processes: tasks/s and scheduler CPU.
+
+Every process is its own: the scheduler (``dask spec``, so its CPU time is its
+own and not the client's) and each worker (one thread, no nanny), started by
+distributed's ``SubprocessCluster``. For each cluster size two clusters run side by
+side, one of stock ``distributed.Worker`` processes and one of ``fastworker.Worker``
+processes (in-process executor and worker-side dispatch as shipped), and four
+configurations are measured, alternating which goes first in each repeat:
+
+- ``stock``: stock workers, stock scheduler;
+- ``stock+plugin``: stock workers, ``fastworker.SchedulerPlugin`` on the scheduler;
+- ``fastworker``: fastworker workers, stock scheduler;
+- ``fastworker+plugin``: fastworker workers and the scheduler plugin.
+
+The plugin is registered on both schedulers before the first run and paused or
+resumed there between runs (:meth:`fastworker.SchedulerPlugin.pause`), so that a
+configuration without it runs on the stock streams. Each run is timed from
+submission to completion on the client; the scheduler process's CPU time
+(``time.process_time``, all its threads) and the workers' are read before and after.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from distributed import Client
+from distributed.deploy.subprocess import SubprocessCluster
+
+import fastworker
+from bench_e2e import _map_noop, _settle, _tree, tree_leaves
+
+#: Worker processes per cluster (1 thread each).
+SIZES: tuple[int, ...] = (1, 2, 4, 8, 16)
+QUICK_TASKS = 1_000
+FULL_TASKS = 10_000
+
+#: Worker class of each cluster.
+WORKER_CLASSES = {"stock": "distributed.Worker", "fastworker": "fastworker.Worker"}
+#: Configuration -> (cluster, whether the scheduler plugin runs).
+CONFIGURATIONS: dict[str, tuple[str, bool]] = {
+    "stock": ("stock", False),
+    "stock+plugin": ("stock", True),
+    "fastworker": ("fastworker", False),
+    "fastworker+plugin": ("fastworker", True),
+}
+WORKLOADS = {"map no-op": _map_noop, "tree (fan-in 8)": _tree}
+
+
+def describe(name: str, n: int) -> str:
+    if name == "map no-op":
+        return f"client.map(no-op, range({n:,}))"
+    return f"fan-in-8 delayed tree of sum over {tree_leaves(n):,} leaves"
+
+
+@dataclass
+class DispatchRow:
+    workers: int
+    workload: str
+    description: str
+    size: int
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+
+
+@contextmanager
+def _subprocess_environment():
+    """Worker and scheduler processes inherit the environment: they log errors only
+    and can import this module (the functions sent to them by client.run)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.environ.get("PYTHONPATH")
+    changes = {
+        "DASK_LOGGING__DISTRIBUTED": "error",
+        "PYTHONPATH": here + (os.pathsep + path if path else ""),
+    }
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def start_cluster(kind: str, nworkers: int):
+    with _subprocess_environment():
+        cluster = SubprocessCluster(
+            worker_class=WORKER_CLASSES[kind],
+            n_workers=nworkers,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    client = Client(cluster)
+    client.wait_for_workers(nworkers, timeout=120)
+    client.register_plugin(fastworker.SchedulerPlugin())
+    _set_plugin(client, False)
+    return cluster, client
+
+
+def _toggle(dask_scheduler, on: bool) -> dict:
+    plugin = dask_scheduler._fastworker_dispatch
+    plugin.resume() if on else plugin.pause()
+    return fastworker.status(dask_scheduler=dask_scheduler)
+
+
+def _set_plugin(client: Client, on: bool) -> None:
+    state = client.run_on_scheduler(_toggle, on=on)
+    if state["scheduler_plugin"] is not on or (on and state["paced_streams"] != state["streams"]):
+        raise RuntimeError(f"scheduler plugin not {'on' if on else 'off'}: {state}")
+
+
+def _scheduler_cpu(dask_scheduler) -> float:
+    return time.process_time()
+
+
+def _worker_counts(dask_worker) -> dict:
+    return {"cpu": time.process_time(), "executed": dask_worker.state.executed_count}
+
+
+def run_once(client: Client, workload, n: int) -> dict:
+    workers = sorted(client.scheduler_info()["workers"])
+    go = workload(client, n, workers)
+    gc.collect()
+    before = client.run(_worker_counts)
+    s0 = client.run_on_scheduler(_scheduler_cpu)
+    start = time.perf_counter()
+    go()
+    wall = time.perf_counter() - start
+    s1 = client.run_on_scheduler(_scheduler_cpu)
+    after = client.run(_worker_counts)
+    _settle(client)
+    return {
+        "wall": wall,
+        "tasks": sum(after[w]["executed"] - before[w]["executed"] for w in after),
+        "scheduler_cpu": s1 - s0,
+        "worker_cpu": sum(after[w]["cpu"] - before[w]["cpu"] for w in after),
+    }
+
+
+def run(
+    tasks: int = QUICK_TASKS,
+    repeats: int = 3,
+    progress: bool = True,
+    sizes: tuple[int, ...] = SIZES,
+    workloads: list[str] | None = None,
+) -> tuple[list[DispatchRow], dict]:
+    names = workloads or list(WORKLOADS)
+    rows: list[DispatchRow] = []
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"  dispatch: {msg}", file=sys.stderr, flush=True)
+
+    for nworkers in sizes:
+        say(f"{nworkers} worker process(es): starting a stock and a fastworker cluster")
+        clusters = {}
+        try:
+            for kind in WORKER_CLASSES:
+                clusters[kind] = start_cluster(kind, nworkers)
+            for name in names:
+                workload = WORKLOADS[name]
+                warm = min(tasks, max(50, tasks // 10))
+                for kind, (_, client) in clusters.items():
+                    workload(client, warm, sorted(client.scheduler_info()["workers"]))()
+                    _settle(client)
+                row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
+                                  {c: [] for c in CONFIGURATIONS})
+                for i in range(repeats):
+                    order = list(CONFIGURATIONS) if i % 2 == 0 else list(reversed(CONFIGURATIONS))
+                    for config in order:
+                        kind, plugin = CONFIGURATIONS[config]
+                        client = clusters[kind][1]
+                        _set_plugin(client, plugin)
+                        result = run_once(client, workload, tasks)
+                        row.runs[config].append(result)
+                        say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
+                            f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
+                rows.append(row)
+        finally:
+            for cluster, client in clusters.values():
+                client.close()
+                cluster.close()
+    info = {
+        "tasks": tasks,
+        "repeats": repeats,
+        "sizes": list(sizes),
+        "threads_per_worker": 1,
+        "workloads": {name: describe(name, tasks) for name in names},
+        "worker_classes": WORKER_CLASSES,
+        "configurations": {c: {"workers": k, "scheduler_plugin": p} for c, (k, p) in CONFIGURATIONS.items()},
+        "dispatch_rule": asdict(fastworker.dispatch.Rule.from_config()),
+        "scheduler_cpu_clock": "time.process_time of the scheduler process (dask spec subprocess)",
+    }
+    return rows, info
+
+
+def summarize(runs: list[dict]) -> dict:
+    med = statistics.median
+    return {
+        "wall": med(r["wall"] for r in runs),
+        "tasks": med(r["tasks"] for r in runs),
+        "tasks_per_s": med(r["tasks"] / r["wall"] for r in runs),
+        "scheduler_us_per_task": med(1e6 * r["scheduler_cpu"] / max(1, r["tasks"]) for r in runs),
+        "worker_us_per_task": med(1e6 * r["worker_cpu"] / max(1, r["tasks"]) for r in runs),
+    }
+
+
+def row_record(row: DispatchRow) -> dict:
+    rec = asdict(row)
+    rec["medians"] = {c: summarize(runs) for c, runs in row.runs.items() if runs}
+    stock = rec["medians"]["stock"]
+    rec["speedup"] = {c: m["tasks_per_s"] / stock["tasks_per_s"] for c, m in rec["medians"].items()}
+    rec["scheduler_cpu_ratio"] = {
+        c: m["scheduler_us_per_task"] / stock["scheduler_us_per_task"] for c, m in rec["medians"].items()
+    }
+    return rec
