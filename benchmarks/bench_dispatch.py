@@ -1,16 +1,19 @@
 """Low-latency dispatch from 1 to 16 worker processes: tasks/s and scheduler CPU.
 
 Every process is its own: the scheduler (``dask spec``, so its CPU time is its
-own and not the client's) and each worker (one thread, no nanny), started by
-distributed's ``SubprocessCluster``. For each cluster size two clusters run side by
-side, one of stock ``distributed.Worker`` processes and one of ``fastworker.Worker``
-processes (in-process executor and worker-side dispatch as shipped), and four
-configurations are measured, alternating which goes first in each repeat:
+own and not the client's) and each worker (one thread by default, no nanny),
+started by distributed's ``SubprocessCluster``. For each cluster size two clusters
+run side by side, one of stock ``distributed.Worker`` processes and one of
+``fastworker.Worker`` processes (in-process executor and worker-side dispatch as
+shipped), and four configurations are measured, alternating which goes first in
+each repeat:
 
 - ``stock``: stock workers, stock scheduler;
 - ``stock+plugin``: stock workers, ``fastworker.SchedulerPlugin`` on the scheduler;
 - ``fastworker``: fastworker workers, stock scheduler;
-- ``fastworker+plugin``: fastworker workers and the scheduler plugin.
+- ``fastworker+plugin``: fastworker workers and the scheduler plugin;
+- with ``no_inline``, also ``fastworker-no-inline`` and ``fastworker-no-inline+plugin``
+  on a third cluster whose workers run without the in-process executor.
 
 The plugin is registered on both schedulers before the first run and paused or
 resumed there between runs (:meth:`fastworker.SchedulerPlugin.pause`), so that a
@@ -40,14 +43,23 @@ SIZES: tuple[int, ...] = (1, 2, 4, 8, 16)
 QUICK_TASKS = 1_000
 FULL_TASKS = 10_000
 
-#: Worker class of each cluster.
-WORKER_CLASSES = {"stock": "distributed.Worker", "fastworker": "fastworker.Worker"}
+#: Worker class of each cluster, and the environment its processes start with.
+WORKER_KINDS: dict[str, tuple[str, dict]] = {
+    "stock": ("distributed.Worker", {}),
+    "fastworker": ("fastworker.Worker", {}),
+    "fastworker-no-inline": ("fastworker.Worker", {"DASK_FASTWORKER__INLINE__ENABLED": "False"}),
+}
 #: Configuration -> (cluster, whether the scheduler plugin runs).
 CONFIGURATIONS: dict[str, tuple[str, bool]] = {
     "stock": ("stock", False),
     "stock+plugin": ("stock", True),
     "fastworker": ("fastworker", False),
     "fastworker+plugin": ("fastworker", True),
+}
+#: Added with ``no_inline=True``: fastworker workers without the in-process executor.
+NO_INLINE_CONFIGURATIONS: dict[str, tuple[str, bool]] = {
+    "fastworker-no-inline": ("fastworker-no-inline", False),
+    "fastworker-no-inline+plugin": ("fastworker-no-inline", True),
 }
 WORKLOADS = {"map no-op": _map_noop, "tree (fan-in 8)": _tree}
 
@@ -68,7 +80,7 @@ class DispatchRow:
 
 
 @contextmanager
-def _subprocess_environment():
+def _subprocess_environment(extra: dict):
     """Worker and scheduler processes inherit the environment: they log errors only
     and can import this module (the functions sent to them by client.run)."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -76,6 +88,7 @@ def _subprocess_environment():
     changes = {
         "DASK_LOGGING__DISTRIBUTED": "error",
         "PYTHONPATH": here + (os.pathsep + path if path else ""),
+        **extra,
     }
     saved = {k: os.environ.get(k) for k in changes}
     os.environ.update(changes)
@@ -89,12 +102,13 @@ def _subprocess_environment():
                 os.environ[k] = v
 
 
-def start_cluster(kind: str, nworkers: int):
-    with _subprocess_environment():
+def start_cluster(kind: str, nworkers: int, threads: int = 1):
+    worker_class, env = WORKER_KINDS[kind]
+    with _subprocess_environment(env):
         cluster = SubprocessCluster(
-            worker_class=WORKER_CLASSES[kind],
+            worker_class=worker_class,
             n_workers=nworkers,
-            threads_per_worker=1,
+            threads_per_worker=threads,
             dashboard_address=None,
             silence_logs=logging.ERROR,
         )
@@ -151,20 +165,24 @@ def run(
     progress: bool = True,
     sizes: tuple[int, ...] = SIZES,
     workloads: list[str] | None = None,
+    threads: int = 1,
+    no_inline: bool = False,
 ) -> tuple[list[DispatchRow], dict]:
     names = workloads or list(WORKLOADS)
     rows: list[DispatchRow] = []
+    configurations = {**CONFIGURATIONS, **(NO_INLINE_CONFIGURATIONS if no_inline else {})}
+    kinds = sorted({kind for kind, _ in configurations.values()}, key=list(WORKER_KINDS).index)
 
     def say(msg: str) -> None:
         if progress:
             print(f"  dispatch: {msg}", file=sys.stderr, flush=True)
 
     for nworkers in sizes:
-        say(f"{nworkers} worker process(es): starting a stock and a fastworker cluster")
+        say(f"{nworkers} worker process(es) x {threads} thread(s): starting clusters {', '.join(kinds)}")
         clusters = {}
         try:
-            for kind in WORKER_CLASSES:
-                clusters[kind] = start_cluster(kind, nworkers)
+            for kind in kinds:
+                clusters[kind] = start_cluster(kind, nworkers, threads)
             for name in names:
                 workload = WORKLOADS[name]
                 warm = min(tasks, max(50, tasks // 10))
@@ -172,11 +190,11 @@ def run(
                     workload(client, warm, sorted(client.scheduler_info()["workers"]))()
                     _settle(client)
                 row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
-                                  {c: [] for c in CONFIGURATIONS})
+                                  {c: [] for c in configurations})
                 for i in range(repeats):
-                    order = list(CONFIGURATIONS) if i % 2 == 0 else list(reversed(CONFIGURATIONS))
+                    order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
                     for config in order:
-                        kind, plugin = CONFIGURATIONS[config]
+                        kind, plugin = configurations[config]
                         client = clusters[kind][1]
                         _set_plugin(client, plugin)
                         result = run_once(client, workload, tasks)
@@ -192,10 +210,10 @@ def run(
         "tasks": tasks,
         "repeats": repeats,
         "sizes": list(sizes),
-        "threads_per_worker": 1,
+        "threads_per_worker": threads,
         "workloads": {name: describe(name, tasks) for name in names},
-        "worker_classes": WORKER_CLASSES,
-        "configurations": {c: {"workers": k, "scheduler_plugin": p} for c, (k, p) in CONFIGURATIONS.items()},
+        "worker_kinds": {k: {"class": WORKER_KINDS[k][0], "env": WORKER_KINDS[k][1]} for k in kinds},
+        "configurations": {c: {"workers": k, "scheduler_plugin": p} for c, (k, p) in configurations.items()},
         "dispatch_rule": asdict(fastworker.dispatch.Rule.from_config()),
         "scheduler_cpu_clock": "time.process_time of the scheduler process (dask spec subprocess)",
     }

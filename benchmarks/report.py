@@ -94,7 +94,8 @@ def e2e_table(record: dict, markdown: bool = False) -> str:
     return _table(header, lines, 2, markdown)
 
 
-DISPATCH_CONFIGS = ("stock", "stock+plugin", "fastworker", "fastworker+plugin")
+DISPATCH_CONFIGS = ("stock", "stock+plugin", "fastworker", "fastworker+plugin",
+                    "fastworker-no-inline", "fastworker-no-inline+plugin")
 
 
 def dispatch_table(record: dict, markdown: bool = False) -> str:
@@ -162,7 +163,8 @@ def text_report(record: dict) -> str:
         out += ["End to end on LocalCluster(processes=True) (medians, stock / fastworker)",
                 e2e_table(record), ""]
     if record.get("dispatch", {}).get("rows"):
-        out += ["Low-latency dispatch, 1-thread worker processes (medians; ratios to stock)",
+        threads = record["dispatch"]["info"].get("threads_per_worker", 1)
+        out += [f"Low-latency dispatch, {threads}-thread worker processes (medians; ratios to stock)",
                 dispatch_table(record), ""]
     return "\n".join(out)
 
@@ -187,8 +189,9 @@ def markdown_report(record: dict) -> str:
     if record.get("dispatch", {}).get("rows"):
         info = record["dispatch"]["info"]
         out += ["## Low-latency dispatch", "",
-                f"Medians of {info['repeats']} repeats, the four configurations alternating; "
-                "scheduler and every worker (1 thread, no nanny) in processes of their own. "
+                f"Medians of {info['repeats']} repeats, the configurations alternating; "
+                f"scheduler and every worker ({info.get('threads_per_worker', 1)} thread(s), no "
+                "nanny) in processes of their own. "
                 "*plugin*: `fastworker.SchedulerPlugin` on the scheduler; fastworker workers "
                 "pace their own stream to the scheduler in both fastworker columns. In "
                 "brackets: tasks/s over stock's, and scheduler CPU per task over stock's "

@@ -1,6 +1,7 @@
-"""Real graphs on process clusters: stock distributed.Nanny vs fastworker.Nanny.
+"""Real graphs on process clusters: stock distributed.Nanny vs fastworker.Nanny
+(with and without fastworker.SchedulerPlugin on the scheduler).
 
-Each test body runs once per worker class; both must compute the same, known
+Each test body runs once per configuration; all must compute the same, known
 results. Every worker's state is checked with ``validate_state()`` after each test
 on the shared cluster; the clusters of the resource, pause and fault tests run with
 ``distributed.worker.validate`` (a check after every stimulus, quadratic in the
@@ -26,12 +27,19 @@ from distributed import Client, Event, LocalCluster, get_client, get_worker, sec
 import fastworker
 
 # Nannies, so that every worker is a process of its own (fastworker.Nanny starts
-# fastworker.Worker processes).
-WORKER_CLASSES = {"stock": distributed.Nanny, "fastworker": fastworker.Nanny}
+# fastworker.Worker processes). "fastworker+plugin" adds fastworker.SchedulerPlugin
+# (low-latency dispatch) to the scheduler through `--preload fastworker`'s hook.
+WORKER_CLASSES = {
+    "stock": distributed.Nanny,
+    "fastworker": fastworker.Nanny,
+    "fastworker+plugin": fastworker.Nanny,
+}
 STATE_MODULES = {
     "stock": "distributed.worker_state_machine",
     "fastworker": "fastworker.workerstate",
+    "fastworker+plugin": "fastworker.workerstate",
 }
+SCHEDULER_PLUGIN = {"stock": False, "fastworker": False, "fastworker+plugin": True}
 
 
 @pytest.fixture(params=list(WORKER_CLASSES), ids=str, scope="module")
@@ -47,6 +55,8 @@ def make_cluster(kind, validate=True, **kwargs):
         dashboard_address=":0",
         worker_class=WORKER_CLASSES[kind],
     )
+    if SCHEDULER_PLUGIN[kind]:
+        options["scheduler_kwargs"] = {"preload": ["fastworker"]}
     options.update(kwargs)
     with dask.config.set({"distributed.worker.validate": validate}):
         return LocalCluster(**options)
@@ -55,6 +65,10 @@ def make_cluster(kind, validate=True, **kwargs):
 def check_state_class(client, kind):
     modules = client.run(lambda dask_worker: type(dask_worker.state).__module__)
     assert set(modules.values()) == {STATE_MODULES[kind]}
+    dispatch = client.run_on_scheduler(fastworker.status)
+    assert dispatch["scheduler_plugin"] is SCHEDULER_PLUGIN[kind], dispatch
+    if SCHEDULER_PLUGIN[kind]:
+        assert dispatch["paced_streams"] == dispatch["streams"] == len(modules), dispatch
     pids = client.run(os.getpid)
     assert len(set(pids.values())) == len(pids) and os.getpid() not in pids.values()
 
