@@ -15,19 +15,21 @@ its buffer: the same messages leave in the same order, only *when* changes.
 The rule, per stream:
 
 - **quiet** (fewer than ``fastworker.dispatch.busy-rate`` messages per second over
-  the last window of ``fastworker.dispatch.window``): interval 0. A message sent to
-  an idle stream leaves on the next loop iteration, and whatever is sent while a
-  write is in flight leaves together right after it.
+  the last window of ``fastworker.dispatch.window``): the interval
+  ``fastworker.dispatch.interval``, default 0. A message sent to an idle stream
+  leaves on the next loop iteration, and whatever is sent while a write is in flight
+  leaves together right after it.
 - **busy** (that rate or more): the stream's stock interval, i.e. distributed's own
   batching, so that a loaded scheduler writes no more often than stock does.
 
-The rate is re-evaluated when a message is sent and the window has elapsed, so a
-stream that goes quiet is back to interval 0 with its next message.
+The rate is re-evaluated on the first message sent after each window, so a stream
+that goes quiet is back to the quiet interval once a window has seen few messages.
+Measurements behind the defaults: docs/design.md, "Low-latency dispatch".
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import dask
