@@ -318,8 +318,11 @@ def test_unsupported_release_keeps_the_scheduler_stock_with_a_warning(monkeypatc
 
 
 class _FakeComm:
+    """Records each write (appended when the write starts); a write takes ``delay``."""
+
     def __init__(self):
         self.writes: list = []
+        self.delay = 0.0
         self._closed = False
 
     def closed(self):
@@ -327,7 +330,7 @@ class _FakeComm:
 
     async def write(self, msgs, serializers=None, on_error=None):
         self.writes.append(list(msgs))
-        await asyncio.sleep(0.002)  # a write takes a while: what comes meanwhile waits
+        await asyncio.sleep(self.delay)
         return 10
 
     async def close(self):
@@ -336,59 +339,76 @@ class _FakeComm:
     def abort(self):
         self._closed = True
 
+    def flat(self):
+        return [m for w in self.writes for m in w]
+
+
+async def _until(condition, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
 
 def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one():
     async def main():
-        stream = BatchedSend(interval="5ms")
+        # a long stock window, so that stock's wait and the paced stream's are far apart
+        stream = BatchedSend(interval="300ms")
         comm = _FakeComm()
         stream.start(comm)
         pacer = dispatch.Pacer.adopt(stream, dispatch.Rule(busy_rate=2000, window=0.02))
         assert dispatch.Pacer.adopt(stream, pacer.rule) is pacer  # idempotent
+        assert stream.interval == 0
 
-        # quiet: a lone message leaves on the next loop iterations, not 5 ms later
+        # quiet: each message leaves within a few loop iterations, not 300 ms later
+        start = time.perf_counter()
         for i in range(5):
-            start = time.perf_counter()
             stream.send({"i": i})
-            while len(comm.writes) <= i:
-                await asyncio.sleep(0)
-            assert time.perf_counter() - start < 0.004
-            await asyncio.sleep(0.004)
+            await _until(lambda: len(comm.writes) > i)
+            await asyncio.sleep(0.001)
+        assert time.perf_counter() - start < 0.25  # stock: 4 x 300 ms
         assert comm.writes == [[{"i": i}] for i in range(5)]
         assert not pacer.busy
 
-        # messages sent while a write is in flight leave together, in order
+        # what is sent while a write is in flight leaves together right after it
         comm.writes.clear()
-        for i in range(10):
-            stream.send({"i": i})
-            await asyncio.sleep(0.0005)
-        await asyncio.sleep(0.02)
-        assert [m for w in comm.writes for m in w] == [{"i": i} for i in range(10)]
-        assert 1 < len(comm.writes) < 10
+        comm.delay = 0.05
+        stream.send({"j": 0})
+        await _until(lambda: comm.writes)  # the write has started and takes 50 ms
+        for j in range(1, 10):
+            stream.send({"j": j})
+        await _until(lambda: len(comm.flat()) == 10)
+        assert comm.writes == [[{"j": 0}], [{"j": j} for j in range(1, 10)]]
+        await asyncio.sleep(0.06)
 
         # busy: above busy-rate over a window, the stream batches at its stock interval
         comm.writes.clear()
+        comm.delay = 0.0
         t0 = time.perf_counter()
         n = 0
         while time.perf_counter() - t0 < 0.1:
             stream.send({"n": n})
             n += 1
             await asyncio.sleep(0)
-        assert pacer.busy and stream.interval == 0.005
+        assert pacer.busy and stream.interval == 0.3
         assert pacer.state()["mode"] == "busy"
-        await asyncio.sleep(0.03)
-        assert [m for w in comm.writes for m in w] == [{"n": i} for i in range(n)]
+        await _until(lambda: len(comm.flat()) == n)
+        assert comm.flat() == [{"n": i} for i in range(n)]
+        assert len(comm.writes) < n / 10  # batched
+
         # the stream falls quiet again: back to interval 0 once a window has seen
         # few messages (the first window after the burst still counts its tail)
+        comm.writes.clear()
         await asyncio.sleep(0.03)
         stream.send({"late": 1})
         await asyncio.sleep(0.03)
         stream.send({"late": 2})
         assert not pacer.busy and stream.interval == 0
-        await asyncio.sleep(0.01)
-        assert comm.writes[-1][-1] == {"late": 2}
+        await _until(lambda: comm.flat() == [{"late": 1}, {"late": 2}], timeout=0.2)
 
         pacer.release()
-        assert stream.interval == 0.005 and "send" not in vars(stream)
+        assert stream.interval == 0.3 and "send" not in vars(stream)
+        assert dispatch.Pacer.of(stream) is None
         await stream.close()
 
     run(main())
