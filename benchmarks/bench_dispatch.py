@@ -2,11 +2,12 @@
 
 Every process is its own: the scheduler (``dask spec``, so its CPU time is its
 own and not the client's) and each worker (one thread by default, no nanny),
-started by distributed's ``SubprocessCluster``. For each cluster size two clusters
-run side by side, one of stock ``distributed.Worker`` processes and one of
+started by distributed's ``SubprocessCluster``. For each cluster size one cluster per
+configuration runs, side by side, of stock ``distributed.Worker`` processes or of
 ``fastworker.Worker`` processes (in-process executor and worker-side dispatch as
-shipped), and four configurations are measured, alternating which goes first in
-each repeat:
+shipped), its scheduler with or without ``--preload fastworker`` (the scheduler
+plugin, present before the workers join, so that every stream is paced from its
+start), alternating which goes first in each repeat:
 
 - ``stock``: stock workers, stock scheduler;
 - ``stock+plugin``: stock workers, ``fastworker.SchedulerPlugin`` on the scheduler;
@@ -15,9 +16,7 @@ each repeat:
 - with ``no_inline``, also ``fastworker-no-inline`` and ``fastworker-no-inline+plugin``
   on a third cluster whose workers run without the in-process executor.
 
-The plugin is registered on both schedulers before the first run and paused or
-resumed there between runs (:meth:`fastworker.SchedulerPlugin.pause`), so that a
-configuration without it runs on the stock streams. Each run is timed from
+Each run is timed from
 submission to completion on the client; the scheduler process's CPU time
 (``time.process_time``, all its threads) and the workers' are read before and after.
 """
@@ -102,7 +101,9 @@ def _subprocess_environment(extra: dict):
                 os.environ[k] = v
 
 
-def start_cluster(kind: str, nworkers: int, threads: int = 1):
+def start_cluster(kind: str, plugin: bool, nworkers: int, threads: int = 1):
+    """A cluster of ``kind`` workers; with ``plugin``, its scheduler starts with
+    ``--preload fastworker`` (so every worker joins paced, with the Pacer's loop)."""
     worker_class, env = WORKER_KINDS[kind]
     with _subprocess_environment(env):
         cluster = SubprocessCluster(
@@ -111,24 +112,16 @@ def start_cluster(kind: str, nworkers: int, threads: int = 1):
             threads_per_worker=threads,
             dashboard_address=None,
             silence_logs=logging.ERROR,
+            scheduler_kwargs={"preload": ["fastworker"]} if plugin else None,
         )
     client = Client(cluster)
-    client.wait_for_workers(nworkers, timeout=120)
-    client.register_plugin(fastworker.SchedulerPlugin())
-    _set_plugin(client, False)
+    client.wait_for_workers(nworkers, timeout=180)
+    state = client.run_on_scheduler(fastworker.status)
+    if state["scheduler_plugin"] is not plugin or (
+        plugin and state["loops"].get("fastworker") != nworkers
+    ):
+        raise RuntimeError(f"scheduler plugin not {'on' if plugin else 'off'}: {state}")
     return cluster, client
-
-
-def _toggle(dask_scheduler, on: bool) -> dict:
-    plugin = dask_scheduler._fastworker_dispatch
-    plugin.resume() if on else plugin.pause()
-    return fastworker.status(dask_scheduler=dask_scheduler)
-
-
-def _set_plugin(client: Client, on: bool) -> None:
-    state = client.run_on_scheduler(_toggle, on=on)
-    if state["scheduler_plugin"] is not on or (on and state["paced_streams"] != state["streams"]):
-        raise RuntimeError(f"scheduler plugin not {'on' if on else 'off'}: {state}")
 
 
 def _scheduler_cpu(dask_scheduler) -> float:
@@ -178,15 +171,16 @@ def run(
             print(f"  dispatch: {msg}", file=sys.stderr, flush=True)
 
     for nworkers in sizes:
-        say(f"{nworkers} worker process(es) x {threads} thread(s): starting clusters {', '.join(kinds)}")
+        say(f"{nworkers} worker process(es) x {threads} thread(s): starting a cluster for each "
+            f"of {', '.join(configurations)}")
         clusters = {}
         try:
-            for kind in kinds:
-                clusters[kind] = start_cluster(kind, nworkers, threads)
+            for config, (kind, plugin) in configurations.items():
+                clusters[config] = start_cluster(kind, plugin, nworkers, threads)
             for name in names:
                 workload = WORKLOADS[name]
                 warm = min(tasks, max(50, tasks // 10))
-                for kind, (_, client) in clusters.items():
+                for _, client in clusters.values():
                     workload(client, warm, sorted(client.scheduler_info()["workers"]))()
                     _settle(client)
                 row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
@@ -194,10 +188,7 @@ def run(
                 for i in range(repeats):
                     order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
                     for config in order:
-                        kind, plugin = configurations[config]
-                        client = clusters[kind][1]
-                        _set_plugin(client, plugin)
-                        result = run_once(client, workload, tasks)
+                        result = run_once(clusters[config][1], workload, tasks)
                         row.runs[config].append(result)
                         say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
                             f"{result['wall']:.2f} s, {result['tasks']:,} tasks")

@@ -8,9 +8,14 @@ Under load that saves writes; on a cluster where only about 1.1 x nthreads tasks
 sit on a worker (root-task queuing), nearly every task's round trip lands inside a
 window and waits for it.
 
-A :class:`Pacer` takes over the timing of one running ``BatchedSend`` on the
-instance (its ``interval`` and, through an instance attribute, its ``send``), never
-its buffer: the same messages leave in the same order, only *when* changes.
+A :class:`Pacer` takes over the timing of one ``BatchedSend`` on the instance (its
+``interval`` and, through an instance attribute, its ``send``), never its buffer:
+the same messages leave in the same order, only *when* changes. A stream adopted
+before it starts (a worker joining the scheduler, a fastworker worker's own stream)
+also gets the Pacer's sending loop in place of distributed's (through the instance's
+``_background_send``): the same writes, without the timer and exception that
+distributed's loop goes through after every write (about 25 µs of CPU per write
+measured here). A stream that already runs keeps distributed's loop, at interval 0.
 
 The rule, per stream:
 
@@ -28,6 +33,7 @@ Measurements behind the defaults: docs/design.md, "Low-latency dispatch".
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +41,7 @@ from typing import Any
 import dask
 from dask.utils import parse_timedelta
 from distributed.batched import BatchedSend
+from distributed.core import CommClosedError
 from distributed.metrics import time
 
 logger = logging.getLogger("distributed.fastworker")
@@ -99,6 +106,7 @@ class Pacer:
         "window_start",
         "window_count",
         "switches",
+        "sender",
     )
 
     def __init__(self, stream: BatchedSend, rule: Rule):
@@ -109,6 +117,8 @@ class Pacer:
         self.window_start = time()
         self.window_count = 0
         self.switches = 0
+        #: The task of the Pacer's sending loop, if the stream was adopted unstarted.
+        self.sender: asyncio.Task | None = None
 
     @classmethod
     def adopt(cls, stream: BatchedSend, rule: Rule) -> Pacer:
@@ -121,6 +131,9 @@ class Pacer:
         pacer = cls(stream, rule)
         stream._fastworker_pacer = pacer
         stream.send = pacer.send  # shadows BatchedSend.send on this instance only
+        if stream.comm is None and "_background_send" not in vars(stream):
+            # not started yet: start() will schedule this instead of distributed's loop
+            stream._background_send = pacer._start_sender
         pacer._quiet(time())
         return pacer
 
@@ -165,9 +178,13 @@ class Pacer:
             self.window_count = 0
         BatchedSend.send(self.stream, *msgs)
 
+    def _start_sender(self) -> None:
+        self.sender = asyncio.ensure_future(_send_loop(self.stream))
+
     def state(self) -> dict:
         return {
             "mode": "busy" if self.busy else "quiet",
+            "loop": "fastworker" if self.sender is not None else "distributed",
             "interval": self.stream.interval,
             "stock_interval": self.stock_interval,
             "switches": self.switches,
@@ -175,3 +192,64 @@ class Pacer:
             "messages": self.stream.message_count,
             "writes": self.stream.batch_count,
         }
+
+
+async def _send_loop(stream: BatchedSend) -> None:
+    """Write ``stream``'s buffer to its comm for as long as the stream runs.
+
+    What distributed's ``BatchedSend._background_send`` does, with the same
+    contract towards ``send``, ``close`` and ``abort`` (``please_stop``, ``waker``,
+    ``stopped``, the counters and the recent-message log), but waiting on the waker
+    alone when the interval is 0. With an interval (a busy stream, or one released
+    back to stock timing) it keeps the window after each write, as distributed does:
+    ``next_deadline`` is set meanwhile, so that ``send`` does not wake it, and the
+    buffer waits for the end of the window.
+    """
+    failed = False
+    try:
+        while not stream.please_stop:
+            if not stream.buffer:
+                stream.waker.clear()
+                await stream.waker.wait()
+                continue
+            payload, stream.buffer = stream.buffer, []
+            stream.batch_count += 1
+            interval = stream.interval
+            if interval:
+                stream.next_deadline = time() + interval
+            try:
+                nbytes = await stream.comm.write(
+                    payload, serializers=stream.serializers, on_error="raise"
+                )
+                stream.recent_message_log.append(payload if nbytes < 1e6 else "large-message")
+                stream.byte_count += nbytes
+            except CommClosedError:
+                logger.info("Batched Comm Closed %r", stream.comm, exc_info=True)
+                failed = True
+                break
+            except Exception:
+                # Nothing is known of how much of the payload went out: the stream
+                # cannot be trusted any more (distributed aborts it too).
+                logger.exception("Error in batched write")
+                failed = True
+                break
+            finally:
+                payload = None
+            if interval:
+                # The window: send() does not wake us while next_deadline is set;
+                # close()/abort() and a Pacer turning quiet (which moves the deadline
+                # to now) do.
+                while not stream.please_stop:
+                    remaining = (stream.next_deadline or 0) - time()
+                    if remaining <= 0:
+                        break
+                    stream.waker.clear()
+                    try:
+                        await asyncio.wait_for(stream.waker.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+                stream.next_deadline = None
+    finally:
+        stream.stopped.set()
+    if failed:
+        stream.abort()

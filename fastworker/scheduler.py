@@ -99,20 +99,23 @@ class SchedulerPlugin(_BasePlugin):
     def state(self) -> dict:
         """What ``fastworker.status`` reports for the scheduler."""
         modes: dict[str, int] = {}
+        loops: dict[str, int] = {}
         paced = 0
         streams = list(self.scheduler.stream_comms.values()) if self.scheduler else []
         for stream in streams:
             pacer = dispatch.Pacer.of(stream)
             if pacer is not None:
                 paced += 1
-                mode = pacer.state()["mode"]
-                modes[mode] = modes.get(mode, 0) + 1
+                state = pacer.state()
+                modes[state["mode"]] = modes.get(state["mode"], 0) + 1
+                loops[state["loop"]] = loops.get(state["loop"], 0) + 1
         return {
             "scheduler_plugin": self.active,
             "reason": self.reason,
             "streams": len(streams),
             "paced_streams": paced,
             "modes": modes,
+            "loops": loops,
             "rule": asdict(self.rule) if self.rule else None,
         }
 
@@ -131,6 +134,7 @@ def scheduler_status(scheduler: Any) -> dict:
             "streams": len(scheduler.stream_comms),
             "paced_streams": 0,
             "modes": {},
+            "loops": {},
         }
     info["version"] = __version__
     return info

@@ -231,6 +231,10 @@ def test_plugin_paces_present_and_joining_workers_and_status_says_so(caplog):
                 assert status["scheduler_plugin"] is True and status["reason"] is None
                 assert status["streams"] == status["paced_streams"] == 2
                 assert status["modes"] == {"quiet": 2}
+                # a, running when the plugin came, keeps distributed's sending loop;
+                # b, adopted before its stream started, runs the Pacer's
+                assert status["loops"] == {"distributed": 1, "fastworker": 1}
+                assert dispatch.Pacer.of(s.stream_comms[b.address]).sender is not None
                 assert status["rule"] == {"busy_rate": 5000.0, "window": 0.05, "interval": 0.0}
                 futures = c.map(operator.add, range(100), range(100))
                 assert await c.gather(futures) == [2 * i for i in range(100)]
@@ -350,15 +354,26 @@ async def _until(condition, timeout=2.0):
         await asyncio.sleep(0.001)
 
 
-def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one():
+@pytest.mark.parametrize("adopted", ["running", "unstarted"])
+def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one(adopted):
+    """On a running stream (distributed's sending loop at interval 0) and on one
+    adopted before it starts (the Pacer's sending loop), the same timing."""
+
     async def main():
         # a long stock window, so that stock's wait and the paced stream's are far apart
         stream = BatchedSend(interval="300ms")
         comm = _FakeComm()
-        stream.start(comm)
-        pacer = dispatch.Pacer.adopt(stream, dispatch.Rule(busy_rate=2000, window=0.02))
+        rule = dispatch.Rule(busy_rate=2000, window=0.02)
+        if adopted == "running":
+            stream.start(comm)
+            pacer = dispatch.Pacer.adopt(stream, rule)
+        else:
+            pacer = dispatch.Pacer.adopt(stream, rule)
+            stream.start(comm)
+            await asyncio.sleep(0)
         assert dispatch.Pacer.adopt(stream, pacer.rule) is pacer  # idempotent
         assert stream.interval == 0
+        assert (pacer.sender is not None) is (adopted == "unstarted")
 
         # quiet: each message leaves within a few loop iterations, not 300 ms later
         start = time.perf_counter()
@@ -386,15 +401,21 @@ def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one():
         comm.delay = 0.0
         t0 = time.perf_counter()
         n = 0
+        writes_when_busy = None
         while time.perf_counter() - t0 < 0.1:
             stream.send({"n": n})
             n += 1
+            if pacer.busy and writes_when_busy is None:
+                writes_when_busy, n_when_busy = len(comm.writes), n
             await asyncio.sleep(0)
         assert pacer.busy and stream.interval == 0.3
         assert pacer.state()["mode"] == "busy"
         await _until(lambda: len(comm.flat()) == n)
         assert comm.flat() == [{"n": i} for i in range(n)]
-        assert len(comm.writes) < n / 10  # batched
+        # from the switch on, at most one write per 300 ms window (and the one in
+        # flight at the switch)
+        assert n - n_when_busy > 100
+        assert len(comm.writes) - writes_when_busy <= 3
 
         # the stream falls quiet again: back to interval 0 once a window has seen
         # few messages (the first window after the burst still counts its tail)
@@ -412,6 +433,34 @@ def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one():
         await stream.close()
 
     run(main())
+
+
+def test_pacer_loop_aborts_the_stream_when_a_write_fails(caplog):
+    """As distributed's loop does: a failed write aborts the stream (nothing is
+    known of what went out), later sends raise CommClosedError, close returns."""
+    from distributed.core import CommClosedError
+
+    class Failing(_FakeComm):
+        async def write(self, msgs, serializers=None, on_error=None):
+            self.writes.append(list(msgs))
+            raise CommClosedError("gone")
+
+    async def main():
+        stream = BatchedSend(interval="5ms")
+        comm = Failing()
+        pacer = dispatch.Pacer.adopt(stream, dispatch.Rule())
+        stream.start(comm)
+        stream.send({"a": 1})
+        await asyncio.wait_for(stream.stopped.wait(), 2)
+        assert pacer.sender.done() and comm.closed()
+        with pytest.raises(CommClosedError):
+            stream.send({"b": 2})
+        await asyncio.wait_for(stream.close(), 2)
+        assert comm.writes == [[{"a": 1}]]
+
+    caplog.set_level(logging.INFO, logger="distributed.fastworker")
+    run(main())
+    assert any("Batched Comm Closed" in m for m in caplog.messages)
 
 
 def test_pacer_cuts_short_a_pending_stock_window():
@@ -436,23 +485,34 @@ def test_pacer_cuts_short_a_pending_stock_window():
 # --- clusters under change ------------------------------------------------------------------
 
 
-def test_scheduler_close_with_messages_buffered(dispatch_config):
+@pytest.mark.parametrize("plugin_first", [False, True], ids=["worker-first", "plugin-first"])
+def test_scheduler_close_with_messages_buffered(dispatch_config, plugin_first):
     """Messages sitting in the buffer when the scheduler closes still reach the
-    worker, in order, before the close."""
+    worker, in order, before the close. The plugin on a running stream keeps
+    distributed's sending loop; on a worker that joins after it, the Pacer's."""
+    if plugin_first and not dispatch_config.plugin:
+        pytest.skip("no plugin")
 
     async def main():
         received: list = []
         s = Scheduler(dashboard_address=":0", host="127.0.0.1")
         await s
+        if dispatch_config.plugin and plugin_first:
+            plugin = fastworker.SchedulerPlugin()
+            await plugin.start(s)
+            s.add_plugin(plugin)
         w = await dispatch_config.worker_class(s.address, nthreads=1)
         try:
             record_stream(w, received)
-            if dispatch_config.plugin:
+            if dispatch_config.plugin and not plugin_first:
                 plugin = fastworker.SchedulerPlugin()
                 await plugin.start(s)
                 s.add_plugin(plugin)
             stream = s.stream_comms[w.address]
             assert _paced(stream) is dispatch_config.plugin
+            if dispatch_config.plugin:
+                loop = dispatch.Pacer.of(stream).state()["loop"]
+                assert loop == ("fastworker" if plugin_first else "distributed")
             # each write takes 200 ms: the first message's write is in flight while
             # the others and the scheduler's own close messages pile up
             real_write = stream.comm.write
