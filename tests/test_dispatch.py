@@ -104,21 +104,29 @@ def task_messages(log, addresses=()):
     return [normalize(e, addresses) for e in log if e[1] in keep]
 
 
-async def record_run(config: Dispatch, graph, *, nthreads=1, dispatch_on=True):
+async def record_run(config: Dispatch, graph, *, nthreads=1, dispatch_on=True, plugin_first=False):
     """Run ``graph(client)`` on a fresh Scheduler + one worker (TCP, this process);
-    return what the scheduler received, what the worker received, and the result."""
+    return what the scheduler received, what the worker received, and the result.
+    With ``plugin_first`` the plugin is on the scheduler before the worker joins."""
     received_by_scheduler: list = []
     received_by_worker: list = []
     with dask.config.set({"fastworker.dispatch.enabled": dispatch_on}):
         async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
             record_stream(s, received_by_scheduler)
+            if config.plugin and plugin_first:
+                plugin = fastworker.SchedulerPlugin()
+                await plugin.start(s)
+                s.add_plugin(plugin)
             async with config.worker_class(s.address, nthreads=nthreads) as w, Client(
                 s.address, asynchronous=True
             ) as c:
                 record_stream(w, received_by_worker)
-                if config.plugin:
+                if config.plugin and not plugin_first:
                     await c.register_plugin(fastworker.SchedulerPlugin())
-                    assert _paced(s.stream_comms[w.address])
+                if config.plugin:
+                    pacer = dispatch.Pacer.of(s.stream_comms[w.address])
+                    assert pacer is not None
+                    assert (pacer.sender is not None) is plugin_first
                 else:
                     assert not _paced(s.stream_comms[w.address])
                 result = await graph(c)
@@ -140,15 +148,19 @@ async def _map_then_tree(c):
     return result
 
 
+@pytest.mark.parametrize("plugin_first", [False, True], ids=["plugin-on-running", "plugin-first"])
 @pytest.mark.parametrize("workers", ["stock", "fastworker"])
-def test_same_messages_in_the_same_order_as_stock(workers):
-    """Same graph, same worker class: the scheduler plugin (and fastworker's own
-    pacing on the worker side) change neither what crosses the streams nor its order."""
+def test_same_messages_in_the_same_order_as_stock(workers, plugin_first):
+    """Same graph, same worker class: the scheduler plugin (on a running stream, or
+    with its own sending loop on a worker that joins after it) and fastworker's own
+    pacing on the worker side change neither what crosses the streams nor its order."""
     worker_class = STOCK.worker_class if workers == "stock" else FAST_PLUGIN.worker_class
     stock = Dispatch("stock", worker_class, False)
     paced = Dispatch("paced", worker_class, True)
     s_sched, s_worker, s_result = run(record_run(stock, _map_then_tree, dispatch_on=False))
-    p_sched, p_worker, p_result = run(record_run(paced, _map_then_tree, dispatch_on=True))
+    p_sched, p_worker, p_result = run(
+        record_run(paced, _map_then_tree, dispatch_on=True, plugin_first=plugin_first)
+    )
     assert s_result == p_result == sum(i * i for i in range(60))
     assert len([m for m in s_worker if m[1] == "compute-task"]) == 61
     assert len([m for m in s_sched if m[1] == "task-finished"]) == 61
