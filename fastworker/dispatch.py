@@ -106,7 +106,6 @@ class Pacer:
         "window_start",
         "window_count",
         "switches",
-        "sender",
     )
 
     def __init__(self, stream: BatchedSend, rule: Rule):
@@ -117,8 +116,6 @@ class Pacer:
         self.window_start = time()
         self.window_count = 0
         self.switches = 0
-        #: The task of the Pacer's sending loop, if the stream was adopted unstarted.
-        self.sender: asyncio.Task | None = None
 
     @classmethod
     def adopt(cls, stream: BatchedSend, rule: Rule) -> Pacer:
@@ -179,7 +176,14 @@ class Pacer:
         BatchedSend.send(self.stream, *msgs)
 
     def _start_sender(self) -> None:
-        self.sender = asyncio.ensure_future(_send_loop(self.stream))
+        # kept on the stream: the loop outlives a Pacer that is released (it then
+        # keeps the stock interval's window) and serves the next one
+        self.stream._fastworker_sender = asyncio.ensure_future(_send_loop(self.stream))
+
+    @property
+    def sender(self) -> asyncio.Task | None:
+        """The task of the Pacer's sending loop, if the stream was adopted unstarted."""
+        return getattr(self.stream, "_fastworker_sender", None)
 
     def state(self) -> dict:
         return {

@@ -442,6 +442,16 @@ def test_pacer_sends_an_idle_stream_at_once_and_batches_a_busy_one(adopted):
         pacer.release()
         assert stream.interval == 0.3 and "send" not in vars(stream)
         assert dispatch.Pacer.of(stream) is None
+        # released, the stream keeps stock timing; adopted again, quiet timing,
+        # through the same sending loop if it had the Pacer's
+        comm.writes.clear()
+        stream.send({"stock": 1})
+        stream.send({"stock": 2})
+        await _until(lambda: comm.flat() == [{"stock": 1}, {"stock": 2}], timeout=1.0)
+        again = dispatch.Pacer.adopt(stream, rule)
+        assert again is not pacer and stream.interval == 0
+        assert (again.sender is not None) is (adopted == "unstarted")
+        again.release()
         await stream.close()
 
     run(main())
