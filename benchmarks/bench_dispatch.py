@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import statistics
 import sys
 import time
@@ -125,44 +124,6 @@ def start_cluster(kind: str, plugin: bool, nworkers: int, threads: int = 1):
     return cluster, client
 
 
-class Suspender:
-    """Keeps the worker processes of the clusters not being measured stopped
-    (SIGSTOP), so that their idle work (heartbeats, profiling, monitors: about 2% of
-    a core per worker process here) does not take the machine's cores from the
-    measured one. Schedulers keep running; an idle cluster's scheduler expects
-    nothing from its workers for far less than its worker-ttl."""
-
-    def __init__(self, clusters: dict):
-        self.pids = {
-            name: [pid for pid in client.run(os.getpid).values()]
-            for name, (_, client) in clusters.items()
-        }
-        self.active: str | None = None
-
-    def activate(self, name: str) -> None:
-        if name == self.active:
-            return
-        for other, pids in self.pids.items():
-            if other != name:
-                self._signal(pids, signal.SIGSTOP)
-        self._signal(self.pids[name], signal.SIGCONT)
-        self.active = name
-        time.sleep(0.3)  # the resumed workers' overdue periodic callbacks run now
-
-    def resume_all(self) -> None:
-        for pids in self.pids.values():
-            self._signal(pids, signal.SIGCONT)
-        self.active = None
-
-    @staticmethod
-    def _signal(pids, sig) -> None:
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-
 def _scheduler_cpu(dask_scheduler) -> float:
     return time.process_time()
 
@@ -213,16 +174,13 @@ def run(
         say(f"{nworkers} worker process(es) x {threads} thread(s): starting a cluster for each "
             f"of {', '.join(configurations)}")
         clusters = {}
-        suspender = None
         try:
             for config, (kind, plugin) in configurations.items():
                 clusters[config] = start_cluster(kind, plugin, nworkers, threads)
-            suspender = Suspender(clusters)
             for name in names:
                 workload = WORKLOADS[name]
                 warm = min(tasks, max(50, tasks // 10))
-                for config, (_, client) in clusters.items():
-                    suspender.activate(config)
+                for _, client in clusters.values():
                     workload(client, warm, sorted(client.scheduler_info()["workers"]))()
                     _settle(client)
                 row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
@@ -230,15 +188,12 @@ def run(
                 for i in range(repeats):
                     order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
                     for config in order:
-                        suspender.activate(config)
                         result = run_once(clusters[config][1], workload, tasks)
                         row.runs[config].append(result)
                         say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
                             f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
                 rows.append(row)
         finally:
-            if suspender is not None:
-                suspender.resume_all()
             for cluster, client in clusters.values():
                 client.close()
                 cluster.close()
@@ -252,7 +207,6 @@ def run(
         "configurations": {c: {"workers": k, "scheduler_plugin": p} for c, (k, p) in configurations.items()},
         "dispatch_rule": asdict(fastworker.dispatch.Rule.from_config()),
         "scheduler_cpu_clock": "time.process_time of the scheduler process (dask spec subprocess)",
-        "idle_clusters": "worker processes of the clusters not being measured are stopped (SIGSTOP)",
     }
     return rows, info
 
