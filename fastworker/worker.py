@@ -25,7 +25,7 @@ from distributed.worker_state_machine import WorkerState as StockWorkerState
 
 from fastworker import compat, config
 from fastworker._version import __version__
-from fastworker.inline import InlineExecution
+from fastworker.inline import InlineExecution, _worker_name
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -212,17 +212,6 @@ def install(worker: Any, *, via: str) -> bool:
     return False
 
 
-def _worker_name(worker: Any) -> str:
-    for attr in ("address", "name"):
-        try:
-            value = getattr(worker, attr)
-        except (AttributeError, ValueError):
-            continue
-        if value:
-            return str(value)
-    return hex(id(worker))
-
-
 def _fastworker_metric(worker: Any) -> int:
     return int(is_compiled(worker.state))
 
@@ -243,10 +232,13 @@ def status(dask_worker: Any) -> dict:
 
     ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
     "reason": why stock is kept (None if it is not), "inline": whether tiny tasks
-    run in the in-process executor}``.
+    run in the in-process executor, "inline_executor": its counters (tasks run
+    inline, re-runs in the pool, take-backs, the longest hold of the event loop by
+    one task, a task stuck on the loop that could not be taken back) or None}``.
     """
     state_type = type(dask_worker.state)
     compiled = is_compiled(dask_worker.state)
+    inline = getattr(dask_worker, "_fastworker_inline", None)
     return {
         "fastworker": compiled,
         "state_class": f"{state_type.__module__}.{state_type.__qualname__}",
@@ -254,7 +246,8 @@ def status(dask_worker: Any) -> dict:
         "reason": None if compiled else getattr(
             dask_worker, "_fastworker_reason", "not installed on this worker"
         ),
-        "inline": getattr(dask_worker, "_fastworker_inline", None) is not None,
+        "inline": inline is not None,
+        "inline_executor": None if inline is None else inline.report(),
     }
 
 
