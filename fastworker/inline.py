@@ -313,6 +313,8 @@ class InlineExecution:
         self.automatic: bool | None = None
         self.watchdog: _Watchdog | None = None
         self.inline_count = 0
+        #: prefix -> tasks finished inline
+        self.inline_by_prefix: dict[str, int] = {}
         self.rerun_count = 0
         self.takeback_count = 0
         self.fallback_count = 0
@@ -411,7 +413,7 @@ class InlineExecution:
         # Learn from the thread pool's runs: how long, whether they waited or seceded.
         if not task.cancelled() and task.exception() is None:
             stim = task.result()
-            if isinstance(stim, ExecuteSuccessEvent):
+            if isinstance(stim, (ExecuteSuccessEvent, ExecuteFailureEvent)) and stim.stop:
                 ts = self.worker.state.tasks.get(stim.key)
                 if ts is not None:
                     if ts.state == "long-running" or ts.previous == "long-running":
@@ -601,6 +603,8 @@ class InlineExecution:
                 return _TO_POOL
 
             self.inline_count += 1
+            by_prefix = self.inline_by_prefix
+            by_prefix[prefix] = by_prefix.get(prefix, 0) + 1
             self._learn_inline(prefix, own)
             worker.threads[key] = self._pool_thread_ident()
             if result["op"] == "task-finished":
@@ -703,6 +707,7 @@ class InlineExecution:
             "take_back": None if watchdog is None else watchdog.mode,
             "take_back_after": self.take_back_after,
             "inline_count": self.inline_count,
+            "inline_by_prefix": dict(self.inline_by_prefix),
             "rerun_count": self.rerun_count,
             "takeback_count": self.takeback_count,
             "fallback_count": self.fallback_count,
