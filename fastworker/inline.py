@@ -65,8 +65,10 @@ from dask.utils import key_split, parse_timedelta
 from distributed.core import Status
 from distributed.exceptions import Reschedule
 from distributed.metrics import DelayedMetricsLedger, context_meter, time
+from distributed.threadpoolexecutor import ThreadPoolExecutor
 from distributed.threadpoolexecutor import thread_state as pool_thread_state
 from distributed.utils import thread_state
+from distributed.worker import Worker as _StockWorker
 from distributed.worker import _run_task
 from distributed.worker_state_machine import (
     ExecuteFailureEvent,
@@ -110,6 +112,8 @@ class _NoThreadPool:
 
 _NO_THREAD_POOL = _NoThreadPool()
 
+_STOCK_EXECUTE = _StockWorker.execute
+
 #: Handed back by InlineExecution._execute: run this task in the pool instead.
 _TO_POOL = object()
 
@@ -130,18 +134,28 @@ def _signal_number(name: str) -> int:
 
 class _Watchdog:
     """One per event loop thread: the :class:`~fastworker.takeback.Guard` of the inline
-    task running there, and the thread that takes it back when it holds the loop for
-    too long and warns when it cannot."""
+    task running there, and a thread that takes it back when it holds the loop for
+    too long and warns when it cannot.
+
+    The thread runs only while batches do: :meth:`arm` (at each batch) starts it if
+    needed, and it ends after a second without batches, so that an idle or closed
+    worker leaves no thread behind.
+    """
+
+    #: Seconds without a batch after which the watchdog thread ends.
+    IDLE_EXIT = 1.0
 
     def __init__(self, thread_id: int, signum: int, bound: float):
         self.guard = Guard(thread_id, signum)
         self.signum = signum
         self.bound = bound
         self.mode = "signal" if signum else "async-exception"
-        #: While a batch runs on the loop the watchdog polls; otherwise it sleeps.
+        #: True while a batch runs on the loop.
         self.busy = False
-        self._armed = False
-        self._wake = threading.Event()
+        #: Batches started so far (the thread watches it move).
+        self.batches = 0
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         #: Longest time one inline task held the loop (seconds, GC left out).
         self.longest_hold = 0.0
         #: The task that holds the loop and could not be taken back (key, seconds), or
@@ -149,28 +163,25 @@ class _Watchdog:
         self.stuck: dict | None = None
         self.last_stuck: dict | None = None
         self._warned: tuple[int, float] = (0, 0.0)
-        thread = threading.Thread(
-            target=_watch, args=(weakref.ref(self),), name="fastworker-inline-watchdog",
-            daemon=True,
-        )
-        thread.start()
 
     def arm(self) -> None:
+        """A batch starts: make sure the watchdog thread runs."""
         self.busy = True
-        if not self._armed:
-            self._armed = True
-            self._wake.set()
+        self.batches += 1
+        thread = self.thread
+        if thread is None or not thread.is_alive():
+            with self._lock:
+                if self.thread is None or not self.thread.is_alive():
+                    self.thread = threading.Thread(
+                        target=_watch, args=(weakref.ref(self),),
+                        name="fastworker-inline-watchdog", daemon=True,
+                    )
+                    self.thread.start()
 
     def check(self) -> None:
         state = self.guard.check(self.bound)
         if state is None:
             self.stuck = None
-            if not self.busy:
-                self._armed = False
-                self._wake.clear()
-                if self.busy:  # a batch started in between
-                    self._armed = True
-                    self._wake.set()
             return
         serial, key, held, fired = state
         if fired and held >= 4 * self.bound:
@@ -190,16 +201,15 @@ class _Watchdog:
 
 
 def _watch(ref) -> None:
-    """The watchdog thread: sleeps while no batch runs, polls four times per bound
-    while one does."""
+    """The watchdog thread: polls four times per bound while batches run; ends after
+    :attr:`_Watchdog.IDLE_EXIT` seconds without one."""
+    idle_since, idle_batches = None, -1
     while True:
         watchdog = ref()
         if watchdog is None:
             return
-        wake, period = watchdog._wake, watchdog.bound / 4
+        period = watchdog.bound / 4
         del watchdog
-        if not wake.wait(timeout=5.0):
-            continue
         timemod.sleep(period)
         watchdog = ref()
         if watchdog is None:
@@ -208,6 +218,17 @@ def _watch(ref) -> None:
             watchdog.check()
         except Exception:  # pragma: no cover - never expected; keep watching
             logger.exception("fastworker: inline watchdog failed")
+        if watchdog.busy or watchdog.guard.running:
+            idle_since = None
+        else:
+            batches = watchdog.batches
+            if idle_since is None or batches != idle_batches:
+                idle_since, idle_batches = timemod.monotonic(), batches
+            elif timemod.monotonic() - idle_since > watchdog.IDLE_EXIT:
+                with watchdog._lock:
+                    if watchdog.batches == batches and not watchdog.busy:
+                        watchdog.thread = None
+                        return
         del watchdog
 
 
@@ -320,8 +341,12 @@ class InlineExecution:
         self.fallback_count = 0
         self.batch_count = 0
         self._pool_thread: int | None = None
-        cls = type(worker)
-        self._execute_method = cls.execute
+        # Only a worker that runs distributed's own execute() on distributed's own
+        # thread pool: a subclass that overrides execute(), or another default
+        # executor, keeps every task where it would run them.
+        self._plain = type(worker).execute is _STOCK_EXECUTE and type(
+            worker.executors.get("default")
+        ) is ThreadPoolExecutor
         self._start = worker._start_async_instruction
         self._finish = worker._finish_async_instruction
         self._get_client = worker._get_client
@@ -400,7 +425,7 @@ class InlineExecution:
     def _start_async_instruction(self, task_name, func, /, *args, span_id=None, **kwargs):
         if self.automatic is None:
             self._setup_on_loop()
-        if getattr(func, "__func__", None) is self._execute_method and self._wants(args[0]):
+        if getattr(func, "__func__", None) is _STOCK_EXECUTE and self._plain and self._wants(args[0]):
             # Metering starts here, as in BaseWorker._start_async_instruction.
             self.queue.append((args[0], span_id, kwargs["stimulus_id"], DelayedMetricsLedger()))
             if not self.scheduled:
