@@ -47,4 +47,14 @@ dask.config.update_defaults(DEFAULTS)
 
 def enabled() -> bool:
     """The current value of ``fastworker.enabled`` (read on every call)."""
-    return bool(dask.config.get("fastworker.enabled", True))
+    return bool(get("fastworker.enabled"))
+
+
+def get(name: str):
+    """``dask.config.get(name)``, falling back to fastworker's default: test harnesses
+    (distributed's ``gen_cluster`` among them) may reset dask's config to a copy
+    taken before fastworker registered its defaults."""
+    default = DEFAULTS
+    for part in name.split("."):
+        default = default[part]
+    return dask.config.get(name, default=default)

@@ -76,7 +76,7 @@ from distributed.worker_state_machine import (
     RescheduleEvent,
 )
 
-from fastworker import takeback
+from fastworker import config, takeback
 from fastworker.takeback import Guard, GuardedCall, TakenBack
 
 logger = logging.getLogger("distributed.fastworker")
@@ -362,9 +362,9 @@ class InlineExecution:
         # "inline" is a valid executor name on every fastworker worker, with inline
         # execution on or off: tasks that cannot run inline use the default pool.
         worker.executors.setdefault("inline", worker.executors["default"])
-        if not dask.config.get("fastworker.inline.enabled", True):
+        get = config.get
+        if not get("fastworker.inline.enabled"):
             return None
-        get = dask.config.get
         self = cls(
             worker,
             max_duration=parse_timedelta(get("fastworker.inline.max-duration")),
