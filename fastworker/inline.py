@@ -113,6 +113,8 @@ class _NoThreadPool:
 _NO_THREAD_POOL = _NoThreadPool()
 
 _STOCK_EXECUTE = _StockWorker.execute
+#: The context variable behind context_meter.add_callback (what ledger.record sets).
+_METER_CALLBACKS = context_meter._callbacks
 
 #: Handed back by InlineExecution._execute: run this task in the pool instead.
 _TO_POOL = object()
@@ -548,16 +550,23 @@ class InlineExecution:
         execute, then ``handle_stimulus`` of its event and its metrics, each metered
         into its ledger."""
         worker = self.worker
-        with ledger.record(key="async-instruction"):
+        # As ledger.record(key="async-instruction") around execute() and then around
+        # handle_stimulus(), once for both (they follow each other here).
+        callbacks = _METER_CALLBACKS.get().copy()
+        callbacks["async-instruction"] = ledger._callback
+        token = _METER_CALLBACKS.set(callbacks)
+        try:
             event = self._execute(key)
+            if event is not _TO_POOL:
+                worker.handle_stimulus(event)
+        finally:
+            _METER_CALLBACKS.reset(token)
         if event is _TO_POOL:
             self._start(
                 f"execute({key!r})", worker.execute, key,
                 span_id=span_id, stimulus_id=stimulus_id,
             )
             return
-        with ledger.record(key="async-instruction"):
-            worker.handle_stimulus(event)
         worker._finalize_metrics(event, ledger, span_id)
 
     def _execute(self, key):
