@@ -84,6 +84,9 @@ cdef inline object state_name(TaskStateCode code):
     return <object>PyTuple_GET_ITEM(STATE_NAMES, <Py_ssize_t>code)
 
 
+cdef extern from "includes/weakrefs.h":
+    object fw_weakrefs(object obj)
+
 cdef extern from "Python.h":
     ctypedef Py_ssize_t Py_hash_t
     Py_hash_t _Py_HashPointer(const void* ptr)
@@ -212,6 +215,32 @@ def _shown_signature():
     return sig.replace(parameters=[*sig.parameters.values(), duration])
 
 
+def _stock_class():
+    from distributed.worker_state_machine import TaskState as StockTaskState
+
+    return StockTaskState
+
+
+def _dataclass_fields():
+    """The dataclass fields of stock's TaskState (copies), then ours: ``duration``,
+    keyword-only. ``dataclasses.fields``, ``is_dataclass``, ``asdict`` and
+    ``replace`` read them, as distributed's own tests do on stock's class."""
+    import copy
+    import dataclasses
+
+    from distributed.worker_state_machine import TaskState as StockTaskState
+
+    ours = dataclasses.make_dataclass(
+        "_OurFields",
+        [("duration", "float | None", dataclasses.field(
+            default=None, repr=False, compare=False, kw_only=True
+        ))],
+    )
+    fields = {name: copy.copy(f) for name, f in StockTaskState.__dataclass_fields__.items()}
+    fields["duration"] = ours.__dataclass_fields__["duration"]
+    return fields
+
+
 @cython.freelist(256)
 cdef class TaskState:
     """Holds volatile state relating to an individual Dask task on a worker.
@@ -228,6 +257,10 @@ cdef class TaskState:
 
     _instances = _INSTANCES
     __signature__ = _shown_signature()
+    # The face of a dataclass (stock's TaskState is one), without its generated code.
+    __dataclass_fields__ = _dataclass_fields()
+    __dataclass_params__ = _stock_class().__dataclass_params__
+    __match_args__ = _stock_class().__match_args__
 
     def __init__(
         self,
@@ -314,6 +347,11 @@ cdef class TaskState:
         self._serial = _next_serial
         _next_serial += 1
         _link(self)
+
+    @property
+    def __weakref__(self):
+        """The first weak reference to the task, or None (as on a Python class)."""
+        return fw_weakrefs(self)
 
     def __hash__(self):
         if _serial_hash:
