@@ -17,14 +17,14 @@ import fastworker
 
 
 @pytest.fixture
-def cluster_client(ws_impl):
+def cluster_client(impl):
     with dask.config.set({"distributed.worker.validate": True}):
         with LocalCluster(
             n_workers=2,
             threads_per_worker=2,
             processes=False,
             dashboard_address=":0",
-            WorkerStateClass=ws_impl.WorkerState,
+            WorkerStateClass=impl.WorkerState,
         ) as cluster, Client(cluster) as client:
             yield client
 
@@ -35,9 +35,9 @@ def tree_sum(values, fan_in=8):
     return values[0]
 
 
-def test_workers_run_the_requested_state_machine(cluster_client, ws_impl):
+def test_workers_run_the_requested_state_machine(cluster_client, impl):
     kinds = cluster_client.run(lambda dask_worker: type(dask_worker.state))
-    assert set(kinds.values()) == {ws_impl.WorkerState}
+    assert set(kinds.values()) == {impl.WorkerState}
 
 
 def test_map_array_tree_and_errors(cluster_client):
@@ -61,11 +61,11 @@ def test_map_array_tree_and_errors(cluster_client):
     assert "boom" in "".join(__import__("traceback").format_tb(future.traceback()))
 
 
-def test_resources_and_cancel(ws_impl):
+def test_resources_and_cancel(impl):
     with dask.config.set({"distributed.worker.validate": True}):
         with LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
-            resources={"GPU": 1}, WorkerStateClass=ws_impl.WorkerState,
+            resources={"GPU": 1}, WorkerStateClass=impl.WorkerState,
         ) as cluster, Client(cluster) as client:
             with dask.annotate(resources={"GPU": 1}):
                 xs = [delayed(operator.mul)(i, 2) for i in range(20)]
@@ -82,7 +82,7 @@ def test_resources_and_cancel(ws_impl):
             assert client.submit(operator.add, 2, 3).result() == 5
 
 
-def test_worker_kwarg(ws_impl):
+def test_worker_kwarg(impl):
     """Worker(WorkerStateClass=...) as documented in the README."""
     import asyncio
 
@@ -90,10 +90,10 @@ def test_worker_kwarg(ws_impl):
 
     async def main():
         async with Scheduler(dashboard_address=":0") as s:
-            async with Worker(s.address, WorkerStateClass=ws_impl.WorkerState) as w:
+            async with Worker(s.address, WorkerStateClass=impl.WorkerState) as w:
                 async with Client(s.address, asynchronous=True) as c:
                     assert await c.submit(operator.add, 20, 22) == 42
-                    assert isinstance(w.state, ws_impl.WorkerState)
+                    assert isinstance(w.state, impl.WorkerState)
 
     asyncio.run(main())
 

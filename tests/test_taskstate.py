@@ -20,7 +20,7 @@ from distributed.protocol.serialize import Serialize
 from distributed.utils import recursive_to_dict
 from distributed.worker_state_machine import _default_data_size
 
-from conftest import FASTWORKER, STOCK
+from helpers import FASTWORKER, STOCK
 
 STATES = (
     "cancelled", "constrained", "error", "executing", "fetch", "flight", "forgotten",
