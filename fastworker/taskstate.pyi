@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Container, Iterator
+from dataclasses import Field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from distributed.protocol.serialize import Serialize
 from distributed.worker_state_machine import TaskStateState
@@ -39,6 +40,9 @@ class LiveTaskSet:
 
 class TaskState:
     _instances: LiveTaskSet
+    # the face of a dataclass: stock's fields, then duration
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+    __match_args__: ClassVar[tuple[str, ...]]
     key: Any
     prefix: str
     run_id: int
