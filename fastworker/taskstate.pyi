@@ -40,7 +40,7 @@ class LiveTaskSet:
 
 class TaskState:
     _instances: LiveTaskSet
-    # the face of a dataclass: stock's fields, then duration
+    # the face of a dataclass: stock's fields
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
     __match_args__: ClassVar[tuple[str, ...]]
     key: Any
@@ -72,7 +72,6 @@ class TaskState:
     annotations: dict | None
     span_id: str | None
     done: bool
-    duration: float | None
     def __init__(
         self,
         key: Any,
@@ -103,8 +102,6 @@ class TaskState:
         annotations: dict | None = None,
         span_id: str | None = None,
         done: bool = False,
-        *,
-        duration: float | None = None,
     ) -> None: ...
     def get_nbytes(self) -> int: ...
     def _to_dict_no_nest(self, *, exclude: Container[str] = ()) -> dict: ...

@@ -35,10 +35,9 @@ def test_taskstate_instance_members():
     assert not missing, f"fastworker.TaskState instances lack {sorted(missing)}"
 
 
-def test_taskstate_extra_public_members_are_known():
-    """Our only addition to the public surface is ``duration``."""
+def test_taskstate_has_no_extra_public_members():
     extra = public_members(fastworker.TaskState("x")) - public_members(stock_wsm.TaskState("x"))
-    assert extra == {"duration"}
+    assert extra == set()
 
 
 @pytest.mark.parametrize("name", sorted(public_members(stock_wsm.TaskState)))
@@ -78,7 +77,6 @@ CONSTRUCTOR_VALUES = {
     "annotations": {"a": 1},
     "span_id": "span",
     "done": True,
-    "duration": 0.25,
 }
 
 
@@ -92,12 +90,11 @@ def _assert_fields(ts, params):
 
 
 def test_taskstate_signature_matches_stock():
-    """The signature fastworker.TaskState shows is stock's plus ``duration``
-    (keyword-only); the tests below check that it describes the compiled
-    constructor, which has no introspectable signature of its own."""
+    """The signature fastworker.TaskState shows is stock's; the tests below check
+    that it describes the compiled constructor, which has no introspectable
+    signature of its own."""
     stock = inspect.signature(stock_wsm.TaskState).parameters
-    fast = dict(inspect.signature(fastworker.TaskState).parameters)
-    assert fast.pop("duration").kind is inspect.Parameter.KEYWORD_ONLY  # our one extra
+    fast = inspect.signature(fastworker.TaskState).parameters
     assert list(stock) == list(fast)
     for name, p in stock.items():
         assert (p.kind, p.default) == (fast[name].kind, fast[name].default), name
@@ -116,15 +113,11 @@ def test_taskstate_constructor_takes_every_parameter_by_keyword():
 def test_taskstate_constructor_takes_positional_parameters_in_signature_order():
     params = inspect.signature(fastworker.TaskState).parameters.values()
     positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-    keyword_only = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
     ts = fastworker.TaskState(*(CONSTRUCTOR_VALUES[name] for name in positional))
     _assert_fields(ts, positional)
     # one more positional argument than the signature allows is refused
     with pytest.raises(TypeError):
-        fastworker.TaskState(
-            *(CONSTRUCTOR_VALUES[name] for name in positional),
-            CONSTRUCTOR_VALUES[keyword_only[0]],
-        )
+        fastworker.TaskState(*(CONSTRUCTOR_VALUES[name] for name in positional), None)
 
 
 def test_taskstate_constructor_defaults_are_the_signature_defaults():
@@ -149,8 +142,7 @@ def test_taskstate_is_a_dataclass(cls):
     assert dataclasses.is_dataclass(cls) and dataclasses.is_dataclass(ts)
     stock_fields = dataclasses.fields(stock_wsm.TaskState)
     fields = dataclasses.fields(ts)
-    assert [f.name for f in fields[: len(stock_fields)]] == [f.name for f in stock_fields]
-    assert [f.name for f in fields[len(stock_fields):]] in ([], ["duration"])
+    assert [f.name for f in fields] == [f.name for f in stock_fields]
     for ours, theirs in zip(fields, stock_fields):
         assert (ours.init, ours.type, ours.repr, ours.compare) == (
             theirs.init, theirs.type, theirs.repr, theirs.compare
