@@ -67,8 +67,9 @@ cdef tuple _handle_update_data(WorkerState self, object ev):
 
 
 cdef tuple _handle_free_keys(WorkerState self, object ev):
-    # The scheduler no longer needs these keys. They are released if nothing here
-    # needs them either; a dependency of a task still waiting stays.
+    # The scheduler no longer refers to these keys: the worker may release them.
+    # That does not promise their memory back: a task that others here depend on
+    # is released but not forgotten.
     cdef TaskState ts
     cdef dict recs = {}
     self.log.append(("free-keys", ev.keys, ev.stimulus_id, _now()))
