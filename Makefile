@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd) setup.py
+SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd fastworker/wsm/*.pxi fastworker/includes/*.h) setup.py
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.built
 

@@ -28,7 +28,7 @@ from fastworker.compat import (
     is_supported,
 )
 
-from fastworker import config  # noqa: E402  (registers the fastworker.* config keys)
+from fastworker import config  # noqa: E402, F401  (registers the fastworker.* config keys)
 
 #: Whether the installed distributed is one this build reproduces exactly.
 DISTRIBUTED_SUPPORTED: bool = check_distributed_version(log=False)

@@ -72,9 +72,6 @@ cdef class TaskState:
     cdef public object annotations
     cdef public object span_id
     cdef public bint done
-    # Expected run time (s) from the worker's per-prefix estimate; not part of
-    # stock's TaskState, so it is kept out of repr and _to_dict.
-    cdef public object duration
     cdef object __weakref__
     # Membership in TaskState._instances (see LiveTaskSet); borrowed pointers.
     cdef bint _live

@@ -43,7 +43,7 @@ TASK_STATES = STATE_NAMES[:TS_NONE]
 cdef dict _STATE_CODES = {name: code for code, name in enumerate(TASK_STATES)}
 
 # Fields of stock TaskState that its _to_dict_no_nest may show, sorted by name as
-# inspect.getmembers sorts them ("prefix" is always dropped there, "duration" is ours).
+# inspect.getmembers sorts them ("prefix" is always dropped there).
 _DUMPED_FIELDS = (
     "annotations", "coming_from", "dependencies", "dependents", "done", "exception",
     "exception_text", "key", "metadata", "nbytes", "next", "previous", "priority",
@@ -83,6 +83,9 @@ cdef TaskStateCode optional_state_code(object name) except? TS_NONE:
 cdef inline object state_name(TaskStateCode code):
     return <object>PyTuple_GET_ITEM(STATE_NAMES, <Py_ssize_t>code)
 
+
+cdef extern from "includes/weakrefs.h":
+    object fw_weakrefs(object obj)
 
 cdef extern from "Python.h":
     ctypedef Py_ssize_t Py_hash_t
@@ -201,15 +204,29 @@ def _new_empty(cls):
 
 
 def _shown_signature():
-    """Stock TaskState's constructor signature plus our keyword-only ``duration``
-    (a compiled __init__ has no introspectable signature of its own)."""
+    """Stock TaskState's constructor signature, which the compiled __init__ takes
+    (it has no introspectable signature of its own; tests/test_api_parity.py calls
+    it with every parameter)."""
     import inspect
 
+    return inspect.signature(_stock_class())
+
+
+def _stock_class():
     from distributed.worker_state_machine import TaskState as StockTaskState
 
-    sig = inspect.signature(StockTaskState)
-    duration = inspect.Parameter("duration", inspect.Parameter.KEYWORD_ONLY, default=None)
-    return sig.replace(parameters=[*sig.parameters.values(), duration])
+    return StockTaskState
+
+
+def _dataclass_fields():
+    """Copies of the dataclass fields of stock's TaskState. ``dataclasses.fields``,
+    ``is_dataclass``, ``asdict`` and ``replace`` read them, as distributed's own
+    tests do on stock's class."""
+    import copy
+
+    return {
+        name: copy.copy(f) for name, f in _stock_class().__dataclass_fields__.items()
+    }
 
 
 @cython.freelist(256)
@@ -220,14 +237,14 @@ cdef class TaskState:
     same constructor and fields. ``state``, ``previous`` and ``next`` only accept
     the worker task state names (or None for the latter two) and raise
     ValueError for anything else. Hash and equality are by identity.
-
-    In addition to stock's fields, ``duration`` holds the task's expected run time
-    in seconds (the worker's per-prefix estimate), or None; it is not shown by
-    ``repr`` or ``_to_dict_no_nest``.
     """
 
     _instances = _INSTANCES
     __signature__ = _shown_signature()
+    # The face of a dataclass (stock's TaskState is one), without its generated code.
+    __dataclass_fields__ = _dataclass_fields()
+    __dataclass_params__ = _stock_class().__dataclass_params__
+    __match_args__ = _stock_class().__match_args__
 
     def __init__(
         self,
@@ -259,8 +276,6 @@ cdef class TaskState:
         annotations=None,
         span_id=None,
         done=False,
-        *,
-        duration=None,
     ):
         self.key = key
         self.run_id = run_id
@@ -309,11 +324,15 @@ cdef class TaskState:
         self.annotations = annotations
         self.span_id = span_id
         self.done = done
-        self.duration = duration
         global _next_serial
         self._serial = _next_serial
         _next_serial += 1
         _link(self)
+
+    @property
+    def __weakref__(self):
+        """The first weak reference to the task, or None (as on a Python class)."""
+        return fw_weakrefs(self)
 
     def __hash__(self):
         if _serial_hash:
@@ -469,7 +488,6 @@ cdef class TaskState:
             self.exception_text, self.traceback_text, self.type,
             self.suspicious_count, self.startstops, self.start_time, self.stop_time,
             self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-            self.duration,
         )
 
     def __setstate__(self, state):
@@ -481,7 +499,6 @@ cdef class TaskState:
             self.exception_text, self.traceback_text, self.type,
             self.suspicious_count, self.startstops, self.start_time, self.stop_time,
             self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-            self.duration,
         ) = state
 
 

@@ -59,7 +59,7 @@ from distributed.worker_state_machine import (
     UpdateDataEvent,
 )
 
-from conftest import strip  # noqa: E402
+from helpers import strip  # noqa: E402
 
 ADDR = "127.0.0.1:1"  # the ws fixture's own address
 W2 = "127.0.0.2:1"  # peers on other hosts
@@ -1389,12 +1389,12 @@ def test_logs_and_stimulus_story(ws):
 
 
 
-def test_unknown_finish_state_raises_invalid_transition(ws_impl):
+def test_unknown_finish_state_raises_invalid_transition(impl):
     """As distributed's test_invalid_transitions, which makes ``_handle_event``
     recommend a state that does not exist: the leg to released happens, the second
     leg fails, and the outer error names the requested pair."""
 
-    class Sub(ws_impl.WorkerState):
+    class Sub(impl.WorkerState):
         recs = None
 
         def _handle_event(self, ev):

@@ -52,7 +52,7 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from conftest import strip  # noqa: E402
+from helpers import strip  # noqa: E402
 
 ADDR = "127.0.0.1:1"
 W2 = "127.0.0.2:1"
