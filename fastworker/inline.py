@@ -68,8 +68,8 @@ from distributed.metrics import DelayedMetricsLedger, context_meter, time
 from distributed.threadpoolexecutor import ThreadPoolExecutor
 from distributed.threadpoolexecutor import thread_state as pool_thread_state
 from distributed.utils import thread_state
+import distributed.worker as _worker_module
 from distributed.worker import Worker as _StockWorker
-from distributed.worker import _run_task
 from distributed.worker_state_machine import (
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
@@ -608,7 +608,7 @@ class InlineExecution:
                 ts.start_time = time()
                 with context_meter.meter("executor"):
                     result = contextvars.copy_context().run(
-                        _run_task,
+                        _worker_module._run_task,  # looked up now, as Worker.execute does
                         GuardedCall(self.watchdog.guard, ts.run_spec, key),
                         data,
                         worker.execution_state,
