@@ -141,7 +141,10 @@ def install_signal_handler(int signum):
         return False
     _signal.signal(signum, _on_signal)
     try:
-        _signal.siginterrupt(signum, True)  # interrupt blocking calls (no SA_RESTART)
+        # No SA_RESTART: with it, a wait on a lock (a futex) is restarted by the
+        # kernel and the handler never runs. Blocking system calls in the task are
+        # interrupted (EINTR); Python's own retry them after the handler ran.
+        _signal.siginterrupt(signum, True)
     except (AttributeError, OSError):  # pragma: no cover - not on POSIX
         pass
     _handler_signum = signum
