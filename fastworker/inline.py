@@ -140,12 +140,12 @@ class _Watchdog:
     too long and warns when it cannot.
 
     The thread runs only while batches do: :meth:`arm` (at each batch) starts it if
-    needed, and it ends after a second without batches, so that an idle or closed
+    needed, and it ends a quarter of a second after the last batch, so that an idle or closed
     worker leaves no thread behind.
     """
 
     #: Seconds without a batch after which the watchdog thread ends.
-    IDLE_EXIT = 1.0
+    IDLE_EXIT = 0.25
 
     def __init__(self, thread_id: int, signum: int, bound: float):
         self.guard = Guard(thread_id, signum)
