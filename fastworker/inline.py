@@ -140,8 +140,8 @@ class _Watchdog:
     too long and warns when it cannot.
 
     The thread runs only while batches do: :meth:`arm` (at each batch) starts it if
-    needed, and it ends a quarter of a second after the last batch, so that an idle or closed
-    worker leaves no thread behind.
+    needed, and it ends a quarter of a second after the last batch, so that an idle
+    or closed worker leaves no thread behind.
     """
 
     #: Seconds without a batch after which the watchdog thread ends.
