@@ -64,12 +64,15 @@ import dask
 from dask.utils import key_split, parse_timedelta
 from distributed.core import Status
 from distributed.exceptions import Reschedule
-from distributed.metrics import DelayedMetricsLedger, context_meter, time
+from dask.sizeof import sizeof
+from distributed.core import error_message
+from distributed.metrics import DelayedMetricsLedger, context_meter, thread_time, time
 from distributed.threadpoolexecutor import ThreadPoolExecutor
 from distributed.threadpoolexecutor import thread_state as pool_thread_state
 from distributed.utils import thread_state
 import distributed.worker as _worker_module
 from distributed.worker import Worker as _StockWorker
+from distributed.worker import _worker_cvar
 from distributed.worker_state_machine import (
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
@@ -113,6 +116,7 @@ class _NoThreadPool:
 _NO_THREAD_POOL = _NoThreadPool()
 
 _STOCK_EXECUTE = _StockWorker.execute
+_STOCK_RUN_TASK = _worker_module._run_task
 #: The context variable behind context_meter.add_callback (what ledger.record sets).
 _METER_CALLBACKS = context_meter._callbacks
 
@@ -169,16 +173,14 @@ class _Watchdog:
     def arm(self) -> None:
         """A batch starts: make sure the watchdog thread runs."""
         self.busy = True
-        self.batches += 1
-        thread = self.thread
-        if thread is None or not thread.is_alive():
-            with self._lock:
-                if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(
-                        target=_watch, args=(weakref.ref(self),),
-                        name="fastworker-inline-watchdog", daemon=True,
-                    )
-                    self.thread.start()
+        self.batches += 1  # before the lock: an exiting thread sees it and stays
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=_watch, args=(weakref.ref(self),),
+                    name="fastworker-inline-watchdog", daemon=True,
+                )
+                self.thread.start()
 
     def check(self) -> None:
         state = self.guard.check(self.bound)
@@ -205,6 +207,17 @@ class _Watchdog:
 def _watch(ref) -> None:
     """The watchdog thread: polls four times per bound while batches run; ends after
     :attr:`_Watchdog.IDLE_EXIT` seconds without one."""
+    try:
+        _watch_loop(ref)
+    finally:
+        watchdog = ref()
+        if watchdog is not None:
+            with watchdog._lock:
+                if watchdog.thread is threading.current_thread():
+                    watchdog.thread = None
+
+
+def _watch_loop(ref) -> None:
     idle_since, idle_batches = None, -1
     while True:
         watchdog = ref()
@@ -229,7 +242,7 @@ def _watch(ref) -> None:
             elif timemod.monotonic() - idle_since > watchdog.IDLE_EXIT:
                 with watchdog._lock:
                     if watchdog.batches == batches and not watchdog.busy:
-                        watchdog.thread = None
+                        watchdog.thread = None  # the next batch starts another
                         return
         del watchdog
 
@@ -606,17 +619,21 @@ class InlineExecution:
             pool_thread_state.executor = _NO_THREAD_POOL
             try:
                 ts.start_time = time()
-                with context_meter.meter("executor"):
+                guarded = GuardedCall(self.watchdog.guard, ts.run_spec, key)
+                run_task = _worker_module._run_task  # looked up now, as Worker.execute does
+                if run_task is _STOCK_RUN_TASK:
                     result = contextvars.copy_context().run(
-                        _worker_module._run_task,  # looked up now, as Worker.execute does
-                        GuardedCall(self.watchdog.guard, ts.run_spec, key),
-                        data,
-                        worker.execution_state,
-                        key,
-                        worker.active_threads,
-                        worker.active_threads_lock,
+                        _run_task_metered, guarded, data, worker.execution_state, key,
+                        worker.active_threads, worker.active_threads_lock,
                         worker.scheduler_delay,
                     )
+                else:  # patched: call it as Worker.execute would
+                    with context_meter.meter("executor"):
+                        result = contextvars.copy_context().run(
+                            run_task, guarded, data, worker.execution_state, key,
+                            worker.active_threads, worker.active_threads_lock,
+                            worker.scheduler_delay,
+                        )
             finally:
                 # The event loop's thread is no pool thread: leave nothing behind.
                 pool_thread_state.__dict__.pop("executor", None)
@@ -750,6 +767,86 @@ class InlineExecution:
             "last_stuck": None if watchdog is None else watchdog.last_stuck,
             "demoted": dict(self.demoted_why),
         }
+
+
+_THREAD_STATE_KEYS = ("start_time", "execution_state", "key")
+
+
+def _run_task_metered(task, data, execution_state, key, active_threads, lock, delay):
+    """What ``with context_meter.meter("executor"): _run_task(task, data, ...)`` does in
+    ``Worker.execute``, in one frame: the same result message (start and stop, result
+    or error, nbytes, type, thread), the same thread state, worker context variable
+    and ``active_threads`` entry while the task runs, and the same metrics, in the
+    same order, with the same values: whatever the task's own code meters, then
+    ``thread-cpu``, ``thread-noncpu`` and ``executor`` seconds, each less the seconds
+    metered inside it (and not below 0), as distributed's nested meters compute them.
+    Stock builds them with six context managers per task; here they are sums.
+    """
+    executor_start = timemod.perf_counter()
+    ident = threading.get_ident()
+    with lock:
+        active_threads[ident] = key
+    state = thread_state.__dict__
+    old = {k: state[k] for k in _THREAD_STATE_KEYS if k in state}
+    state["start_time"] = time()
+    state["execution_state"] = execution_state
+    state["key"] = key
+    worker_token = _worker_cvar.set(execution_state["worker"])
+    # Seconds metered by the task itself: they reach every callback as in stock, and
+    # are subtracted from the three meters around it.
+    inner: list[float] = []
+
+    def nested(label, value, unit):
+        if unit == "seconds":
+            inner.append(value)
+
+    callbacks = _METER_CALLBACKS.get()
+    with_nested = callbacks.copy()
+    with_nested[nested] = nested
+    meter_token = _METER_CALLBACKS.set(with_nested)
+    wall_start = time()
+    cpu_start = thread_time()
+    try:
+        try:
+            result = task(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise  # as in the pool: these stop the worker
+        except BaseException as exc:  # noqa: B036 - as the pool: user code may raise anything
+            msg = error_message(exc)
+            msg["op"] = "task-erred"
+            msg["actual_exception"] = exc
+        else:
+            msg = {
+                "op": "task-finished",
+                "status": "OK",
+                "result": result,
+                "nbytes": sizeof(result),
+                "type": type(result) if result is not None else None,
+            }
+    finally:
+        cpu_stop = thread_time()
+        wall_stop = time()
+        _METER_CALLBACKS.reset(meter_token)
+        own = sum(inner)
+        cpu = max(0.0, cpu_stop - cpu_start - own)
+        digest = context_meter.digest_metric
+        digest("thread-cpu", cpu, "seconds")
+        noncpu = max(0.0, wall_stop - wall_start - own - cpu)
+        digest("thread-noncpu", noncpu, "seconds")
+        _worker_cvar.reset(worker_token)
+        for k in _THREAD_STATE_KEYS:
+            if k in old:
+                state[k] = old[k]
+            else:
+                state.pop(k, None)
+        with lock:
+            del active_threads[ident]
+        executor = timemod.perf_counter() - executor_start - own - cpu - noncpu
+        digest("executor", max(0.0, executor), "seconds")
+    msg["start"] = wall_start + delay
+    msg["stop"] = wall_stop + delay
+    msg["thread"] = ident
+    return msg
 
 
 def _worker_name(worker: Any) -> str:

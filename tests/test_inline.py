@@ -241,7 +241,8 @@ def test_slow_task_in_tiny_prefix_is_demoted_and_batches_stay_bounded():
         assert batches and max(batches) < 0.05 + 0.01 + 0.1, (
             max(batches), inline.report(), sorted(batches)[-5:]
         )
-        assert 1 <= sum(b > 0.025 for b in batches) <= 2, sorted(batches)[-5:]
+        # (one more for a garbage collection or a preempted core on a shared machine)
+        assert 1 <= sum(b > 0.025 for b in batches) <= 3, sorted(batches)[-5:]
 
     run(main())
 
