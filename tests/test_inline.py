@@ -298,3 +298,57 @@ def test_automatic_selection_off_where_a_blocked_task_could_not_be_taken_back():
         assert report["automatic"] is False
         assert report["take_back"] == "async-exception"
         assert report["inline_count"] == 1  # only the annotated task
+
+
+def test_metered_runner_reports_what_the_pools_runner_reports():
+    """fastworker.inline runs a task with the same metrics (labels, units, order,
+    counts; seconds net of what the task meters itself) and the same message as
+    ``with context_meter.meter("executor"): distributed.worker._run_task(...)``."""
+    import threading as _threading
+
+    from distributed.metrics import DelayedMetricsLedger, context_meter
+    from distributed.worker import _run_task
+
+    from fastworker.inline import _run_task_metered
+
+    def task(data):
+        context_meter.digest_metric("user-seconds", 0.25, "seconds")
+        context_meter.digest_metric("user-count", 3, "count")
+        if data["x"] is None:
+            raise ValueError("bad")
+        return data["x"] * 2
+
+    def stock(*args):
+        with context_meter.meter("executor"):
+            return _run_task(*args)
+
+    def run(runner, x):
+        ledger = DelayedMetricsLedger()
+        state = {"worker": object()}
+        with ledger.record(key="async-instruction"):
+            msg = contextvars.copy_context().run(
+                runner, task, {"x": x}, state, "k-1", {}, _threading.Lock(), 0.5
+            )
+        return msg, ledger.metrics
+
+    for x in (21, None):
+        (want, want_metrics), (got, got_metrics) = run(stock, x), run(_run_task_metered, x)
+        assert [(label, unit) for label, _, unit in got_metrics] == [
+            (label, unit) for label, _, unit in want_metrics
+        ]
+        for (label, value, unit), (_, stock_value, _) in zip(got_metrics, want_metrics):
+            if unit != "seconds" or label == "user-seconds":
+                assert value == stock_value
+            else:
+                # net of the task's own 0.25 s, as stock's nested meters compute it
+                assert 0 <= value < 0.01 and 0 <= stock_value < 0.01, (label, value)
+        assert set(got) == set(want)
+        assert got["op"] == want["op"] and got["thread"] == want["thread"]
+        assert got["start"] - 0.5 <= got["stop"] - 0.5 <= time.time()
+        if x is None:
+            assert type(got["actual_exception"]) is ValueError
+            assert got["exception_text"] == want["exception_text"]
+        else:
+            assert (got["result"], got["nbytes"], got["type"]) == (
+                want["result"], want["nbytes"], want["type"]
+            )
