@@ -54,6 +54,7 @@ import asyncio
 import contextvars
 import logging
 import signal
+import sys
 import threading
 import time as timemod
 import weakref
@@ -151,8 +152,13 @@ class _Watchdog:
     #: Seconds without a batch after which the watchdog thread ends.
     IDLE_EXIT = 0.25
 
-    def __init__(self, thread_id: int, signum: int, bound: float):
+    def __init__(self, thread_id: int, signum: int, bound: float, native_id: int | None = None):
         self.guard = Guard(thread_id, signum)
+        #: Linux: where the kernel says how long the loop's thread waited for a CPU.
+        self._schedstat = (
+            f"/proc/self/task/{native_id}/schedstat" if native_id is not None else None
+        )
+        self._seen: tuple[int, int] = (-1, 0)  # (task serial, its first wait reading)
         self.signum = signum
         self.bound = bound
         self.mode = "signal" if signum else "async-exception"
@@ -182,8 +188,34 @@ class _Watchdog:
                 )
                 self.thread.start()
 
+    def _cpu_wait_ns(self) -> int | None:
+        """Nanoseconds the loop's thread has spent runnable but waiting for a CPU."""
+        path = self._schedstat
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            self._schedstat = None
+            return None
+
     def check(self) -> None:
-        state = self.guard.check(self.bound)
+        guard = self.guard
+        serial = guard.serial
+        discount = 0.0
+        if guard.running:
+            # A machine so busy that the loop's thread waits for a CPU does not make
+            # a task block the loop: that wait is not counted (from the first poll
+            # that saw the task on; Linux).
+            waited = self._cpu_wait_ns()
+            if waited is not None:
+                seen_serial, seen_wait = self._seen
+                if seen_serial != serial:
+                    self._seen = (serial, waited)
+                else:
+                    discount = (waited - seen_wait) * 1e-9
+        state = guard.check(self.bound, discount, serial)
         if state is None:
             self.stuck = None
             return
@@ -253,10 +285,12 @@ _WATCHDOGS_LOCK = threading.Lock()
 
 
 def _watchdog_for(thread_id: int, signum: int, bound: float) -> _Watchdog:
+    """The watchdog of the calling thread (an event loop's)."""
     with _WATCHDOGS_LOCK:
         watchdog = _WATCHDOGS.get(thread_id)
         if watchdog is None:
-            watchdog = _WATCHDOGS[thread_id] = _Watchdog(thread_id, signum, bound)
+            native_id = threading.get_native_id() if sys.platform == "linux" else None
+            watchdog = _WATCHDOGS[thread_id] = _Watchdog(thread_id, signum, bound, native_id)
         return watchdog
 
 

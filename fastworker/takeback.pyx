@@ -200,9 +200,13 @@ cdef class Guard:
             return 0.0
         return _now() - self.started - (_gc_total - self.gc_at_start)
 
-    def check(self, double bound):
+    def check(self, double bound, double discount=0.0, serial=None):
         """Called by the watchdog: take the running task back if it has held the loop
         for ``bound`` seconds (again after each further ``bound``).
+
+        ``discount``: seconds of that time that do not count (the loop's thread was
+        runnable but not running: the machine was busy), applied only if the running
+        task is still number ``serial``.
 
         Returns ``(serial, key, held seconds, times fired)`` of the running task, or
         None when no task runs.
@@ -210,6 +214,8 @@ cdef class Guard:
         if not self.running:
             return None
         cdef double held = self.held()
+        if serial is not None and serial == self.serial:
+            held -= discount
         if held >= bound * (self.fired + 1):
             self.fired += 1
             if self.signum:
