@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import operator
+import threading
 import time
 import traceback
 
@@ -106,6 +107,15 @@ def where():
     return get_worker().address, VAR.get()
 
 
+def active_here():
+    """What a task sees of itself on its worker (Worker.active_keys, thread state)."""
+    from distributed.utils import thread_state
+
+    worker = get_worker()
+    key = thread_state.key
+    return key in worker.active_keys, worker.active_threads.get(threading.get_ident()) == key
+
+
 def set_var():
     VAR.set("leaked?")
     return VAR.get()
@@ -125,12 +135,16 @@ def test_annotation_errors_tracebacks_and_get_worker():
             tb = "".join(traceback.format_tb(await bad.traceback()))
             assert "in boom" in tb
             assert await addr == (w.address, "unset")
+            with dask.annotate(executor="inline"):
+                active = c.compute(dask.delayed(active_here)())
+            assert await active == (True, True)  # as in a pool thread
+            assert not w.active_keys
             assert await setter == "leaked?"
             with dask.annotate(executor="inline"):
                 after = c.compute(dask.delayed(where)(dask_key_name="where-after"))
             # Each task ran in its own copy of the context: nothing leaked.
             assert await after == (w.address, "unset")
-            assert inline.inline_count == 4
+            assert inline.inline_count == 5
             assert w.state.tasks[bad.key].state == "error"
         finally:
             await close(s, w, c)
