@@ -94,6 +94,32 @@ def e2e_table(record: dict, markdown: bool = False) -> str:
     return _table(header, lines, 2, markdown)
 
 
+DISPATCH_CONFIGS = ("stock", "stock+plugin", "fastworker", "fastworker+plugin",
+                    "fastworker-no-inline", "fastworker-no-inline+plugin")
+
+
+def dispatch_table(record: dict, markdown: bool = False) -> str:
+    """Dispatch rows: per cluster size and workload, tasks/s and scheduler CPU per task
+    of each configuration, with ratios to stock."""
+    rows = record.get("dispatch", {}).get("rows", [])
+    configs = [c for c in DISPATCH_CONFIGS if any(c in r["medians"] for r in rows)]
+    header = ["workers", "workload", "tasks"]
+    header += [f"{c} tasks/s" for c in configs]
+    header += [f"{c} sched µs/task" for c in configs]
+    lines = []
+    for r in rows:
+        m = r["medians"]
+        line = [str(r["workers"]), r["workload"], f"{m['stock']['tasks']:,.0f}"]
+        for c in configs:
+            cell = f"{m[c]['tasks_per_s']:,.0f}"
+            line.append(cell if c == "stock" else f"{cell} ({r['speedup'][c]:.2f}x)")
+        for c in configs:
+            cell = f"{m[c]['scheduler_us_per_task']:,.0f}"
+            line.append(cell if c == "stock" else f"{cell} ({r['scheduler_cpu_ratio'][c]:.2f}x)")
+        lines.append(line)
+    return _table(header, lines, 2, markdown)
+
+
 def describe_run(record: dict) -> list[str]:
     """What was run, where and when: a few lines for the top of table.md."""
     env = record["environment"]
@@ -115,6 +141,15 @@ def describe_run(record: dict) -> list[str]:
             + "; ".join(f"{k}: {v}" for k, v in info["workloads"].items())
             + "."
         )
+    dispatch = record.get("dispatch")
+    if dispatch:
+        info = dispatch["info"]
+        lines.append(
+            f"Dispatch: {info['repeats']} repeats per workload and configuration on "
+            f"{', '.join(map(str, info['sizes']))} worker processes: "
+            + "; ".join(f"{k}: {v}" for k, v in info["workloads"].items())
+            + "."
+        )
     return lines
 
 
@@ -127,6 +162,10 @@ def text_report(record: dict) -> str:
     if record.get("e2e", {}).get("rows"):
         out += ["End to end on LocalCluster(processes=True) (medians, stock / fastworker)",
                 e2e_table(record), ""]
+    if record.get("dispatch", {}).get("rows"):
+        threads = record["dispatch"]["info"].get("threads_per_worker", 1)
+        out += [f"Low-latency dispatch, {threads}-thread worker processes (medians; ratios to stock)",
+                dispatch_table(record), ""]
     return "\n".join(out)
 
 
@@ -147,6 +186,17 @@ def markdown_report(record: dict) -> str:
                 "their process CPU time; *no inline*: the same ratios for fastworker with "
                 "the in-process executor off (`fastworker.inline.enabled: False`).", "",
                 e2e_table(record, markdown=True), ""]
+    if record.get("dispatch", {}).get("rows"):
+        info = record["dispatch"]["info"]
+        out += ["## Low-latency dispatch", "",
+                f"Medians of {info['repeats']} repeats, the configurations alternating; "
+                f"scheduler and every worker ({info.get('threads_per_worker', 1)} thread(s), no "
+                "nanny) in processes of their own. "
+                "*plugin*: `fastworker.SchedulerPlugin` on the scheduler; fastworker workers "
+                "pace their own stream to the scheduler in both fastworker columns. In "
+                "brackets: tasks/s over stock's, and scheduler CPU per task over stock's "
+                "(below 1: cheaper).", "",
+                dispatch_table(record, markdown=True), ""]
     return "\n".join(out)
 
 

@@ -9,7 +9,12 @@ Two parts, each timing stock and fastworker alternately in the same run:
   1 thread) running a no-op map, an array sum, a fan-in-8 tree and a graph with
   worker-to-worker transfers: wall time, tasks/s, worker CPU per task and the share
   of worker time inside the state machine (quick: ~2,000 tasks each, 3 repeats;
-  ``--full``: ~20,000 tasks, 5 repeats).
+  ``--full``: ~20,000 tasks, 5 repeats);
+- low-latency dispatch: a no-op map and a fan-in-8 tree on 1, 2, 4, 8 and 16 worker
+  processes (1 thread each, scheduler in a process of its own): tasks/s and
+  scheduler CPU per task for stock, stock workers with ``fastworker.SchedulerPlugin``,
+  fastworker workers, and fastworker workers with the plugin (quick: ~1,000 tasks,
+  3 repeats; ``--full``: ~10,000 tasks, 5 repeats).
 
 Prints both tables (progress on stderr while it runs, unless ``--quiet``) and writes,
 into the folder ``--out`` (default ``bench-results/<date>-<time>/``): ``results.json``
@@ -27,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_dispatch  # noqa: E402
 import bench_e2e  # noqa: E402
 import bench_heap  # noqa: E402
 import bench_lifecycle  # noqa: E402
@@ -34,8 +40,8 @@ import bench_taskstate  # noqa: E402
 import report  # noqa: E402
 from common import environment, row_record  # noqa: E402
 
-GROUPS = ("taskstate", "lifecycle", "heap", "e2e")
-DEFAULT_GROUPS = ("taskstate", "lifecycle", "e2e")
+GROUPS = ("taskstate", "lifecycle", "heap", "e2e", "dispatch")
+DEFAULT_GROUPS = ("taskstate", "lifecycle", "e2e", "dispatch")
 
 
 def _ints(text: str) -> list[int]:
@@ -67,6 +73,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-configs", type=lambda s: s.split(","),
                         help=f"cluster shapes, comma-separated (default {','.join(bench_e2e.CONFIGS)})")
     parser.add_argument("--workload", help="end-to-end workloads whose name contains this")
+    parser.add_argument("--dispatch-sizes", type=_ints,
+                        help="worker processes of the dispatch clusters, comma-separated "
+                        f"(default {','.join(map(str, bench_dispatch.SIZES))})")
+    parser.add_argument("--dispatch-tasks", type=int,
+                        help=f"task budget per dispatch workload (default {bench_dispatch.QUICK_TASKS:,}; "
+                        f"--full: {bench_dispatch.FULL_TASKS:,})")
+    parser.add_argument("--dispatch-repeats", type=int, help="dispatch repeats (default 3; --full: 5)")
+    parser.add_argument("--dispatch-threads", type=int, default=1,
+                        help="threads per dispatch worker process (default 1)")
+    parser.add_argument("--dispatch-no-inline", action="store_true",
+                        help="dispatch rows also for fastworker workers without the in-process executor")
     parser.add_argument("--note", help="a remark about this run (e.g. what else the machine "
                         "was doing), kept in results.json and shown above the tables in table.md")
     args = parser.parse_args(argv)
@@ -78,6 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for c in args.e2e_configs:
         if c not in bench_e2e.CONFIGS:
             parser.error(f"unknown cluster shape {c!r}; choose from {', '.join(bench_e2e.CONFIGS)}")
+    args.dispatch_sizes = args.dispatch_sizes or list(bench_dispatch.SIZES)
+    args.dispatch_tasks = args.dispatch_tasks or (
+        bench_dispatch.FULL_TASKS if args.full else bench_dispatch.QUICK_TASKS)
+    args.dispatch_repeats = args.dispatch_repeats or (5 if args.full else 3)
     args.out = args.out or os.path.join("bench-results", time.strftime("%Y%m%d-%H%M%S"))
     return args
 
@@ -124,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
             configs=args.e2e_configs, workloads=workloads,
         )
         record["e2e"] = {"info": info, "rows": [bench_e2e.row_record(r) for r in e2e_rows]}
+    if "dispatch" in args.only:
+        workloads = [w for w in bench_dispatch.WORKLOADS if not args.workload or args.workload in w]
+        say(f"Low-latency dispatch: {', '.join(map(str, args.dispatch_sizes))} worker processes; "
+            f"{len(workloads)} workloads, ~{args.dispatch_tasks:,} tasks each, {args.dispatch_repeats} repeats")
+        d_rows, info = bench_dispatch.run(
+            tasks=args.dispatch_tasks, repeats=args.dispatch_repeats, progress=progress,
+            sizes=tuple(args.dispatch_sizes), workloads=workloads,
+            threads=args.dispatch_threads, no_inline=args.dispatch_no_inline,
+        )
+        record["dispatch"] = {"info": info, "rows": [bench_dispatch.row_record(r) for r in d_rows]}
     record["elapsed_s"] = time.perf_counter() - start
     record["environment"] = {**env, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -134,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_report(record))
     print(f"{len(rows)} isolated cases, {len(record.get('e2e', {}).get('rows', []))} end-to-end "
-          f"rows in {record['elapsed_s']:.0f} s; raw repeats in {os.path.join(args.out, 'results.json')}; "
+          f"and {len(record.get('dispatch', {}).get('rows', []))} dispatch rows in {record['elapsed_s']:.0f} s; raw repeats in {os.path.join(args.out, 'results.json')}; "
           f"also {', '.join(os.path.basename(p) for p in written)}")
     return 0
 

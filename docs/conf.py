@@ -17,7 +17,7 @@ version = release
 extensions = ["myst_parser"]
 source_suffix = {".md": "markdown"}
 # benchmark-run/ holds one run's results; its table.md is included by benchmarks.md
-exclude_patterns = ["_build", "benchmark-run", "benchmark-inline", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "benchmark-run", "benchmark-inline", "dispatch-run", "Thumbs.db", ".DS_Store"]
 myst_heading_anchors = 3
 
 html_theme = "alabaster"

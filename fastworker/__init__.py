@@ -11,6 +11,10 @@
   ``LocalCluster(worker_class=fastworker.Nanny)`` (worker processes)
 - ``Worker(WorkerStateClass=fastworker.WorkerState)``
 
+and one into the scheduler, low-latency dispatch to the workers:
+``client.register_plugin(fastworker.SchedulerPlugin())`` or
+``dask scheduler --preload fastworker``.
+
 Next to another distributed release, importing fastworker warns once
 (UnsupportedVersionWarning) and every way in keeps distributed's stock state
 machine: ``fastworker.WorkerState`` and ``fastworker.TaskState`` are then
@@ -41,6 +45,7 @@ else:  # keep distributed's own classes, so that no way in installs ours
 
     TASK_STATES = ()
 
+from fastworker.scheduler import SchedulerPlugin  # noqa: E402
 from fastworker.worker import (  # noqa: E402
     FastWorkerPlugin,
     Nanny,
@@ -55,6 +60,7 @@ __all__ = [
     "Nanny",
     "SUPPORTED_DASK",
     "SUPPORTED_DISTRIBUTED",
+    "SchedulerPlugin",
     "TASK_STATES",
     "TaskState",
     "UnsupportedVersionError",

@@ -39,6 +39,20 @@ DEFAULTS: dict = {
             # (main) thread; used only if no other handler owns it.
             "take-back-signal": "SIGRTMIN+4",
         },
+        # Low-latency dispatch (fastworker.dispatch): the scheduler's streams to the
+        # workers (with fastworker.SchedulerPlugin) and fastworker workers' stream to
+        # the scheduler send at once when idle instead of on distributed's fixed
+        # batching interval (5 ms scheduler -> worker, 2 ms worker -> scheduler).
+        "dispatch": {
+            "enabled": True,
+            # A stream that carries this many messages per second or more (measured
+            # over `window`) batches at distributed's own interval again.
+            "busy-rate": 5000,
+            "window": "50ms",
+            # The interval of a stream that is not busy: 0 sends on the next loop
+            # iteration (what is sent during a write still leaves together after it).
+            "interval": "0ms",
+        },
     }
 }
 

@@ -23,7 +23,7 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from fastworker import compat, config
+from fastworker import compat, config, dispatch
 from fastworker._version import __version__
 from fastworker.inline import InlineExecution, _worker_name
 
@@ -189,6 +189,7 @@ def install(worker: Any, *, via: str) -> bool:
     if is_compiled(worker.state):
         worker._fastworker_reason = None
         InlineExecution.install(worker)
+        pace_worker_stream(worker)
         return True
     reason = refusal_reason()
     if reason is None:
@@ -205,11 +206,24 @@ def install(worker: Any, *, via: str) -> bool:
         worker.state = compiled_copy(worker.state)
         worker._fastworker_reason = None
         InlineExecution.install(worker)
+        pace_worker_stream(worker)
         logger.info("fastworker: %s now runs the compiled state machine", what)
         return True
     _log_refusal(what, reason)
     worker._fastworker_reason = reason
     return False
+
+
+def pace_worker_stream(worker: Any) -> bool:
+    """Low-latency dispatch on the worker's stream to the scheduler (see
+    :mod:`fastworker.dispatch`) unless ``fastworker.dispatch.enabled`` is False."""
+    stream = getattr(worker, "batched_stream", None)
+    if stream is None or not dispatch.enabled():
+        return False
+    rule = dispatch.Rule.from_config()
+    dispatch.log_rule_once("worker", rule)
+    dispatch.Pacer.adopt(stream, rule)
+    return True
 
 
 def _fastworker_metric(worker: Any) -> int:
@@ -227,15 +241,32 @@ def _expose_metric(worker: Any) -> None:
         executors.setdefault("inline", executors["default"])
 
 
-def status(dask_worker: Any) -> dict:
+def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
     """What a worker runs; meant for ``client.run(fastworker.status)``.
 
     ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
     "reason": why stock is kept (None if it is not), "inline": whether tiny tasks
     run in the in-process executor, "inline_executor": its counters (tasks run
     inline, re-runs in the pool, take-backs, the longest hold of the event loop by
-    one task, a task stuck on the loop that could not be taken back) or None}``.
+    one task, a task stuck on the loop that could not be taken back) or None,
+    "dispatch": the low-latency state of the worker's stream to the scheduler (None
+    when it keeps stock's batching)}``.
+
+    On the scheduler, ``client.run_on_scheduler(fastworker.status)``:
+    ``{"scheduler_plugin": bool, "reason": why not (None if it runs), "streams":
+    worker streams, "paced_streams": how many are low-latency, "modes": streams per
+    mode ("quiet"/"busy"), ...}``.
     """
+    # distributed's run() hands the server to both keywords, whichever it is
+    server = dask_worker if dask_worker is not None else dask_scheduler
+    if server is None:
+        raise TypeError("status() needs a worker or a scheduler")
+    if isinstance(server, distributed.Scheduler):
+        from fastworker.scheduler import scheduler_status
+
+        return scheduler_status(server)
+    dask_worker = server
+    pacer = dispatch.Pacer.of(getattr(dask_worker, "batched_stream", None))
     state_type = type(dask_worker.state)
     compiled = is_compiled(dask_worker.state)
     inline = getattr(dask_worker, "_fastworker_inline", None)
@@ -248,6 +279,7 @@ def status(dask_worker: Any) -> dict:
         ),
         "inline": inline is not None,
         "inline_executor": None if inline is None else inline.report(),
+        "dispatch": pacer.state() if pacer is not None else None,
     }
 
 
@@ -291,6 +323,7 @@ class Worker(distributed.Worker):
         _expose_metric(self)
         if is_compiled(self.state):
             InlineExecution.install(self)
+            pace_worker_stream(self)
 
 
 class Nanny(distributed.Nanny):
@@ -308,14 +341,22 @@ class Nanny(distributed.Nanny):
 
 
 def dask_setup(server: Any) -> None:
-    """Preload hook: ``dask worker SCHED --preload fastworker``.
+    """Preload hook: ``dask worker SCHED --preload fastworker``,
+    ``dask scheduler --preload fastworker``.
 
-    Runs in the worker process when the worker starts, before it registers with the
-    scheduler, so the worker is idle and switches to the compiled state machine.
+    In a worker process it runs when the worker starts, before it registers with the
+    scheduler, so the worker is idle and switches to the compiled state machine. On
+    a scheduler it adds :class:`fastworker.SchedulerPlugin` (started with the
+    scheduler, which logs a refusal there if one applies).
     """
+    if isinstance(server, distributed.Scheduler):
+        from fastworker.scheduler import install as install_on_scheduler
+
+        install_on_scheduler(server)
+        return
     if not isinstance(server, distributed.Worker):
         logger.warning(
-            "fastworker: --preload fastworker acts on workers only; %s left unchanged",
+            "fastworker: --preload fastworker acts on workers and schedulers only; %s left unchanged",
             type(server).__name__,
         )
         return

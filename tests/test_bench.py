@@ -1,8 +1,9 @@
 """`make bench` end to end, on tiny sizes: the results folder and what is in it.
 
 One run of benchmarks/run.py in a subprocess (as `make bench` starts it): the
-chain lifecycle at two small N and every end-to-end workload on a 2x1 cluster of
-each implementation (worker processes), one repeat each, --quiet.
+chain lifecycle at two small N, every end-to-end workload on a 2x1 cluster of
+each implementation (worker processes) and the dispatch rows on 1 and 2 worker
+processes, one repeat each, --quiet.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def bench_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, RUN, "--only", "lifecycle", "--only", "e2e", "--scenario", "chain",
          "--sizes", "100,300", "--repeats", "1", "--e2e-tasks", "120", "--e2e-repeats", "1",
-         "--e2e-configs", "2x1", "--quiet", "--note", "a tiny test run", "--out", str(out)],
+         "--e2e-configs", "2x1", "--only", "dispatch", "--dispatch-sizes", "1,2",
+         "--dispatch-tasks", "60", "--dispatch-repeats", "1", "--quiet", "--note", "a tiny test run", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -41,7 +43,9 @@ def test_prints_both_tables_and_no_progress_when_quiet(bench_run):
     assert "End to end on LocalCluster(processes=True)" in proc.stdout
     for workload in ("map no-op", "array sum", "tree (fan-in 8)", "transfers"):
         assert f"2x1      {workload}" in proc.stdout
+    assert "Low-latency dispatch" in proc.stdout
     assert "e2e:" not in proc.stderr and "done:" not in proc.stderr
+    assert "dispatch:" not in proc.stderr
 
 
 def test_results_json_has_versions_machine_and_raw_repeats(bench_run):
@@ -95,12 +99,37 @@ def test_e2e_rows_measure_both_implementations(bench_run):
         assert by_name["map no-op"][impl][0]["transfers"] == 0
 
 
+def test_dispatch_rows_measure_four_configurations(bench_run):
+    _, _, record = bench_run
+    info = record["dispatch"]["info"]
+    assert info["sizes"] == [1, 2]
+    assert info["configurations"]["fastworker+plugin"] == {"workers": "fastworker", "scheduler_plugin": True}
+    assert info["configurations"]["stock"] == {"workers": "stock", "scheduler_plugin": False}
+    rows = record["dispatch"]["rows"]
+    assert [(r["workers"], r["workload"]) for r in rows] == [
+        (1, "map no-op"), (1, "tree (fan-in 8)"), (2, "map no-op"), (2, "tree (fan-in 8)")
+    ]
+    for r in rows:
+        assert set(r["runs"]) == {"stock", "stock+plugin", "fastworker", "fastworker+plugin"}
+        tasks = {c: runs[0]["tasks"] for c, runs in r["runs"].items()}
+        assert len(set(tasks.values())) == 1 and min(tasks.values()) > 0, tasks
+        for c, (run,) in r["runs"].items():
+            assert run["wall"] > 0 and run["scheduler_cpu"] > 0 and run["worker_cpu"] > 0
+            med = r["medians"][c]
+            assert med["tasks_per_s"] == pytest.approx(run["tasks"] / run["wall"])
+            # same task count in every configuration: tasks/s ratio = wall ratio
+            assert r["speedup"][c] == pytest.approx(r["runs"]["stock"][0]["wall"] / run["wall"])
+        assert r["speedup"]["stock"] == 1.0
+    assert {r["runs"]["stock"][0]["tasks"] for r in rows if r["workload"] == "map no-op"} == {60}
+
+
 def test_table_and_plots_written(bench_run):
     out, _, record = bench_run
     table = (out / "table.md").read_text()
     assert table.startswith("**Note:** a tiny test run\n")
     assert "## Isolated state machine" in table and "## End to end" in table
     assert "| 2x1     | transfers" in table
+    assert "## Low-latency dispatch" in table and "| 2       | tree (fan-in 8) |" in table
     for name in ("lifecycle.png", "e2e.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name

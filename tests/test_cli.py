@@ -200,3 +200,51 @@ def test_unsupported_version_keeps_stock_worker(
     warnings = [line for line in text.splitlines() if "keeps distributed's stock state machine" in line]
     assert len(warnings) == 1, text
     assert "WARNING" in warnings[0] and "2099.1.0" in warnings[0]
+
+
+def _start_scheduler(processes, name, env=None):
+    sched_file = processes.directory / f"{name}.json"
+    proc, log = processes.start(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(sched_file), "--preload", "fastworker"],
+        env=env, name=name,
+    )
+    deadline = time.monotonic() + 60
+    while not sched_file.exists() or not sched_file.read_text().strip():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(0.2)
+    return proc, log, json.loads(sched_file.read_text())["address"]
+
+
+@pytest.mark.filterwarnings("ignore::distributed.versions.VersionMismatchWarning")
+@pytest.mark.parametrize("release", ["supported", "unsupported"])
+def test_scheduler_preload_runs_the_scheduler_plugin(processes, fake_version_path, release):
+    """`dask scheduler --preload fastworker`: low-latency dispatch to workers that
+    join, reported by status and logged once at INFO; refused with one warning next
+    to an unsupported distributed release."""
+    env = None
+    if release == "unsupported":
+        pythonpath = os.pathsep.join(filter(None, [fake_version_path, os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": pythonpath}
+    proc, log, address = _start_scheduler(processes, f"sched-preload-{release}", env)
+    worker = start_worker(processes, f"dask worker {README_ADDRESS}", address, f"w-{release}")
+    try:
+        with Client(address, timeout=30) as c:
+            wait_for_names(c, [f"w-{release}"])
+            status = c.run_on_scheduler(fastworker.status)
+            assert c.submit(sum, [1, 2, 3]).result() == 6
+    finally:
+        processes.stop(worker[0])
+        processes.stop(proc)
+    text = log.read_text()
+    if release == "supported":
+        assert status["scheduler_plugin"] is True and status["paced_streams"] == 1, status
+        rules = [line for line in text.splitlines() if "low-latency dispatch on the scheduler" in line]
+        assert len(rules) == 1 and "INFO" in rules[0], text
+    else:
+        assert status["scheduler_plugin"] is False
+        assert "2099.1.0 is installed" in status["reason"]
+        warnings = [line for line in text.splitlines() if "keeps distributed's stock dispatch" in line]
+        assert len(warnings) == 1 and "WARNING" in warnings[0], text

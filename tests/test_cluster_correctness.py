@@ -1,9 +1,11 @@
 """Real graphs on clusters: stock distributed vs fastworker.
 
-Most tests run on process clusters, once per worker class (distributed.Nanny,
-fastworker.Nanny); both must compute the same, known results. The last section
-runs in-process workers given the state class through distributed's own
-``WorkerStateClass`` keyword (LocalCluster and Worker), once per implementation. Every worker's state is checked with ``validate_state()`` after each test
+Most tests run on process clusters, once per configuration (distributed.Nanny,
+fastworker.Nanny, and fastworker.Nanny with fastworker.SchedulerPlugin on the
+scheduler); all must compute the same, known results. The last section runs
+in-process workers given the state class through distributed's own
+``WorkerStateClass`` keyword (LocalCluster and Worker), once per implementation.
+Every worker's state is checked with ``validate_state()`` after each test
 on the shared cluster; the clusters of the resource, pause and fault tests run with
 ``distributed.worker.validate`` (a check after every stimulus, quadratic in the
 number of tasks, hence not on the shared cluster's 20,000-task graphs).
@@ -40,12 +42,19 @@ from distributed import (
 import fastworker
 
 # Nannies, so that every worker is a process of its own (fastworker.Nanny starts
-# fastworker.Worker processes).
-WORKER_CLASSES = {"stock": distributed.Nanny, "fastworker": fastworker.Nanny}
+# fastworker.Worker processes). "fastworker+plugin" adds fastworker.SchedulerPlugin
+# (low-latency dispatch) to the scheduler through `--preload fastworker`'s hook.
+WORKER_CLASSES = {
+    "stock": distributed.Nanny,
+    "fastworker": fastworker.Nanny,
+    "fastworker+plugin": fastworker.Nanny,
+}
 STATE_MODULES = {
     "stock": "distributed.worker_state_machine",
     "fastworker": "fastworker.workerstate",
+    "fastworker+plugin": "fastworker.workerstate",
 }
+SCHEDULER_PLUGIN = {"stock": False, "fastworker": False, "fastworker+plugin": True}
 
 
 @pytest.fixture(params=list(WORKER_CLASSES), ids=str, scope="module")
@@ -61,6 +70,8 @@ def make_cluster(kind, validate=True, **kwargs):
         dashboard_address=":0",
         worker_class=WORKER_CLASSES[kind],
     )
+    if SCHEDULER_PLUGIN[kind]:
+        options["scheduler_kwargs"] = {"preload": ["fastworker"]}
     options.update(kwargs)
     with dask.config.set({"distributed.worker.validate": validate}):
         return LocalCluster(**options)
@@ -69,6 +80,10 @@ def make_cluster(kind, validate=True, **kwargs):
 def check_state_class(client, kind):
     modules = client.run(lambda dask_worker: type(dask_worker.state).__module__)
     assert set(modules.values()) == {STATE_MODULES[kind]}
+    dispatch = client.run_on_scheduler(fastworker.status)
+    assert dispatch["scheduler_plugin"] is SCHEDULER_PLUGIN[kind], dispatch
+    if SCHEDULER_PLUGIN[kind]:
+        assert dispatch["paced_streams"] == dispatch["streams"] == len(modules), dispatch
     pids = client.run(os.getpid)
     assert len(set(pids.values())) == len(pids) and os.getpid() not in pids.values()
 

@@ -34,6 +34,7 @@ def test_docs_build_without_warnings(tmp_path):
     assert "lifecycle.png" in bench and "e2e.png" in bench
     assert (html / "_images" / "lifecycle.png").exists()
     assert "End to end" in bench and "Isolated state machine" in bench
+    assert "Low-latency dispatch" in bench and "fastworker+plugin" in bench
 
 
 def test_benchmark_page_table_is_that_of_its_results(tmp_path):
@@ -49,3 +50,20 @@ def test_benchmark_page_table_is_that_of_its_results(tmp_path):
     with open(os.path.join(RUN_DIR, "table.md")) as f:
         assert f.read() == report.markdown_report(record)
     assert record["rows"] and record["e2e"]["rows"]
+
+
+def test_dispatch_page_table_is_that_of_its_results():
+    """docs/dispatch-run/table.md likewise, for the low-latency dispatch rows."""
+    run_dir = os.path.join(DOCS, "dispatch-run")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        record = json.load(f)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(run_dir, "table.md")) as f:
+        assert f.read() == report.markdown_report(record)
+    rows = record["dispatch"]["rows"]
+    assert {r["workers"] for r in rows} == {1, 2, 4, 8, 16}
+    assert all("fastworker+plugin" in r["medians"] for r in rows)

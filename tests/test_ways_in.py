@@ -266,15 +266,29 @@ def test_worker_class_in_process_and_explicit_state_class_wins():
     run(main())
 
 
-def test_preload_hook_leaves_a_scheduler_alone(caplog):
+def test_preload_hook_on_a_scheduler_adds_the_scheduler_plugin(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
 
     async def main():
         async with Scheduler(dashboard_address=":0", preload=["fastworker"]) as s:
             assert s.status.name == "running"
+            assert isinstance(s.plugins["fastworker-dispatch"], fastworker.SchedulerPlugin)
+            assert fastworker.status(dask_scheduler=s)["scheduler_plugin"] is True
 
     run(main())
-    assert any("acts on workers only; Scheduler left unchanged" in m for m in caplog.messages)
+    assert any("low-latency dispatch on the scheduler streams" in m for m in caplog.messages)
+
+
+def test_preload_hook_leaves_other_servers_alone(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def main():
+        async with Scheduler(dashboard_address=":0") as s:
+            async with distributed.Nanny(s.address, nthreads=1) as n:
+                fastworker.dask_setup(n)
+
+    run(main())
+    assert any("acts on workers and schedulers only; Nanny left unchanged" in m for m in caplog.messages)
 
 
 def test_import_next_to_an_unsupported_release_exports_stock_classes():

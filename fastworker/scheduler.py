@@ -1,0 +1,147 @@
+"""The scheduler-side way in: low-latency dispatch to every worker.
+
+``client.register_plugin(fastworker.SchedulerPlugin())`` on a running cluster, or
+``dask scheduler --preload fastworker``. The plugin puts a
+:class:`fastworker.dispatch.Pacer` on the scheduler's ``BatchedSend`` to each worker
+(``scheduler.stream_comms``): on those present when it starts and, through the
+``add_worker`` hook (called after the stream is made and before it starts), on every
+worker that joins later. Nothing is patched on distributed's classes.
+
+It honours the same guards as every other way in (``fastworker.enabled``, the
+supported distributed release) and its own off switch,
+``fastworker.dispatch.enabled``; a refusal is logged once and leaves the scheduler
+as stock. ``client.run_on_scheduler(fastworker.status)`` reports whether it runs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin as _BasePlugin
+
+from fastworker import dispatch
+
+logger = logging.getLogger("distributed.fastworker")
+
+#: The name the plugin is registered under on the scheduler.
+PLUGIN_NAME = "fastworker-dispatch"
+
+
+def refusal_reason() -> str | None:
+    """Why the scheduler plugin would leave the scheduler stock now, or None."""
+    from fastworker.worker import refusal_reason as common_reason
+
+    reason = common_reason()
+    if reason is None and not dispatch.enabled():
+        reason = "fastworker.dispatch.enabled is False in dask's config"
+    return reason
+
+
+class SchedulerPlugin(_BasePlugin):
+    """Scheduler plugin that makes the scheduler's stream to every worker low-latency.
+
+    A message to a worker whose stream is idle leaves at once instead of at the end
+    of distributed's 5 ms window; messages sent while a write is in flight leave
+    together after it; a stream busier than ``fastworker.dispatch.busy-rate``
+    messages per second batches at the stock interval. The messages and their order
+    are unchanged. Settings are read on the scheduler when the plugin starts.
+    """
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.scheduler: Any = None
+        self.active = False
+        self.reason: str | None = "not started"
+        self.rule: dispatch.Rule | None = None
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        scheduler._fastworker_dispatch = self
+        reason = refusal_reason()
+        if reason is not None:
+            self.reason = reason
+            self.active = False
+            level = logging.INFO if "is False in dask's config" in reason else logging.WARNING
+            logger.log(level, "fastworker: the scheduler keeps distributed's stock dispatch: %s", reason)
+            return
+        self.resume()
+
+    def resume(self) -> None:
+        """Pace every present stream (and, from now on, every new one)."""
+        self.rule = dispatch.Rule.from_config()
+        self.active = True
+        self.reason = None
+        dispatch.log_rule_once("scheduler", self.rule)
+        for stream in list(self.scheduler.stream_comms.values()):
+            dispatch.Pacer.adopt(stream, self.rule)
+
+    def pause(self) -> None:
+        """Give every stream back its stock interval; new workers stay stock."""
+        self.active = False
+        self.reason = "paused"
+        for stream in list(self.scheduler.stream_comms.values()):
+            pacer = dispatch.Pacer.of(stream)
+            if pacer is not None:
+                pacer.release()
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        if self.active:
+            stream = scheduler.stream_comms.get(worker)
+            if stream is not None:
+                dispatch.Pacer.adopt(stream, self.rule)
+
+    async def close(self) -> None:
+        self.active = False
+
+    def state(self) -> dict:
+        """What ``fastworker.status`` reports for the scheduler."""
+        modes: dict[str, int] = {}
+        loops: dict[str, int] = {}
+        paced = 0
+        streams = list(self.scheduler.stream_comms.values()) if self.scheduler else []
+        for stream in streams:
+            pacer = dispatch.Pacer.of(stream)
+            if pacer is not None:
+                paced += 1
+                state = pacer.state()
+                modes[state["mode"]] = modes.get(state["mode"], 0) + 1
+                loops[state["loop"]] = loops.get(state["loop"], 0) + 1
+        return {
+            "scheduler_plugin": self.active,
+            "reason": self.reason,
+            "streams": len(streams),
+            "paced_streams": paced,
+            "modes": modes,
+            "loops": loops,
+            "rule": asdict(self.rule) if self.rule else None,
+        }
+
+
+def scheduler_status(scheduler: Any) -> dict:
+    """``fastworker.status`` on the scheduler (``client.run_on_scheduler``)."""
+    from fastworker._version import __version__
+
+    plugin = getattr(scheduler, "_fastworker_dispatch", None)
+    if isinstance(plugin, SchedulerPlugin) and scheduler.plugins.get(plugin.name) is plugin:
+        info = plugin.state()
+    else:
+        info = {
+            "scheduler_plugin": False,
+            "reason": "fastworker.SchedulerPlugin is not registered on this scheduler",
+            "streams": len(scheduler.stream_comms),
+            "paced_streams": 0,
+            "modes": {},
+            "loops": {},
+        }
+    info["version"] = __version__
+    return info
+
+
+def install(scheduler: Any) -> SchedulerPlugin:
+    """Add the plugin to a scheduler that has not started yet (the preload)."""
+    plugin = SchedulerPlugin()
+    scheduler.add_plugin(plugin, name=plugin.name, idempotent=True)
+    return scheduler.plugins[plugin.name]
