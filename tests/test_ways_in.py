@@ -266,8 +266,10 @@ def test_worker_class_in_process_and_explicit_state_class_wins():
     run(main())
 
 
-def test_preload_hook_on_a_scheduler_adds_the_scheduler_plugin(caplog):
+def test_preload_hook_on_a_scheduler_adds_the_scheduler_plugin(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger=LOGGER)
+    # The rule is logged once per process: forget earlier tests' scheduler streams.
+    monkeypatch.setattr(fastworker.dispatch, "_logged_rule", set())
 
     async def main():
         async with Scheduler(dashboard_address=":0", preload=["fastworker"]) as s:
