@@ -13,7 +13,8 @@ each CPython of --pythons (on the newest release), this
 3. runs the parity tests there (tests/test_versions.py and the API, TaskState and
    WorkerState parity tests: each compares fastworker with that release's own stock)
    and a differential run (tests/test_differential.py: the same stimulus streams
-   into that release's stock and fastworker);
+   into that release's stock and fastworker), then a small graph on a cluster through
+   each way in (tests/ways_in_smoke.py);
 4. prints the matrix (release x result, Python x result) and, with --write, merges the
    cells it ran into docs/version-matrix.json and renders docs/version-matrix.md
    (which docs/versions.md includes).
@@ -135,8 +136,18 @@ def make_venv(python: str, venv: Path, requirements: list[str], logfile: Path) -
     stamp.write_text(wanted)
 
 
+_WHEELS: dict[str, Path] = {}
+
+
 def build_wheel(pyver: str, python: str) -> Path:
-    """fastworker's wheel for this Python, built once per source state."""
+    """fastworker's wheel for this Python, built once per source state (and looked up
+    once per run: the checkout may be edited meanwhile)."""
+    if pyver not in _WHEELS:
+        _WHEELS[pyver] = _build_wheel(pyver, python)
+    return _WHEELS[pyver]
+
+
+def _build_wheel(pyver: str, python: str) -> Path:
     files = source_files()
     digest = source_hash(files)
     out = CACHE / "wheels" / f"{digest}-py{pyver}"
@@ -169,7 +180,7 @@ def check_cell(release: str, pyver: str, python: str, stimuli: int) -> dict:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.write_text("")
     cell = {"release": release, "python": pyver, "result": "FAIL", "tests": "",
-            "differential": "", "log": str(logfile.relative_to(ROOT))}
+            "differential": "", "cluster": "", "log": str(logfile.relative_to(ROOT))}
     try:
         wheel = build_wheel(pyver, python)
         venv = CACHE / f"{release}-py{pyver}"
@@ -190,14 +201,21 @@ def check_cell(release: str, pyver: str, python: str, stimuli: int) -> dict:
             f"{stimuli} stimuli, identical" if diff.returncode == 0
             else f"diverged ({last[-1][:80] if last else diff.returncode})"
         )
-        if tests.returncode == 0 and diff.returncode == 0:
+        # the ways in: a small graph on a cluster through each (tests/ways_in_smoke.py)
+        smoke = run([venv / "bin" / "python", "tests/ways_in_smoke.py"], env=env,
+                    logfile=logfile, check=False)
+        ways = [ln.split()[0] for ln in smoke.stdout.splitlines() if ln.endswith(" ok")]
+        cell["cluster"] = (
+            f"{len(ways)}/5 ways in" if smoke.returncode == 0 else f"failed after {ways}"
+        )
+        if tests.returncode == 0 and diff.returncode == 0 and smoke.returncode == 0:
             cell["result"] = "pass"
     except Exception as exc:  # an install or a build that failed: that cell fails
         cell["tests"] = f"error: {str(exc).splitlines()[0][:120]}"
     cell["seconds"] = round(time.monotonic() - t0)
     cell["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     log(f"{release} on Python {pyver}: {cell['result']} ({cell['tests']}; "
-        f"{cell['differential']}; {cell['seconds']} s)")
+        f"{cell['differential']}; {cell['cluster']}; {cell['seconds']} s)")
     return cell
 
 
@@ -209,33 +227,33 @@ def render(matrix: dict) -> str:
         "**Release x result** (each release in its own virtual environment, fastworker's "
         "parity tests and a differential run against that release's own stock):",
         "",
-        "| distributed | Python | result | parity tests | differential run | date |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| distributed | Python | result | parity tests | differential run | cluster | date |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     releases = matrix.get("releases", {})
     for release in supported_releases():
         c = releases.get(release)
         if c is None:
-            lines.append(f"| {release} | | not run | | | |")
+            lines.append(f"| {release} | | not run | | | | |")
         else:
             lines.append(f"| {release} | {c['python']} | {c['result']} | {c['tests']} | "
-                         f"{c['differential']} | {c['date']} |")
+                         f"{c['differential']} | {c.get('cluster', '')} | {c['date']} |")
     lines += [
         "",
         f"**Python x result** (on distributed {supported_releases()[-1]}):",
         "",
-        "| Python | result | parity tests | differential run | date |",
-        "| --- | --- | --- | --- | --- |",
+        "| Python | result | parity tests | differential run | cluster | date |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     pythons = matrix.get("pythons", {})
     for pyver in sorted(set(pythons) | {"3.10", "3.11", "3.12", "3.13"},
                         key=lambda v: tuple(map(int, v.split(".")))):
         c = pythons.get(pyver)
         if c is None:
-            lines.append(f"| {pyver} | not run | | | |")
+            lines.append(f"| {pyver} | not run | | | | |")
         else:
             lines.append(f"| {pyver} | {c['result']} | {c['tests']} | {c['differential']} | "
-                         f"{c['date']} |")
+                         f"{c.get('cluster', '')} | {c['date']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +265,7 @@ def main(argv=None) -> int:
                         help="CPython versions to check on the newest release (or none)")
     parser.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
                         help="the CPython that runs the per-release cells")
-    parser.add_argument("--stimuli", type=int, default=3000,
+    parser.add_argument("--stimuli", type=int, default=10000,
                         help="stimuli of each differential run")
     parser.add_argument("--write", action="store_true",
                         help="merge the results into docs/version-matrix.{json,md}")
@@ -286,10 +304,12 @@ def main(argv=None) -> int:
           f"{time.monotonic() - t0:.0f} s")
     print("\nrelease      python  result  parity tests / differential run")
     for release, c in results["releases"].items():
-        print(f"{release:<12} {c['python']:<7} {c['result']:<7} {c['tests']} / {c['differential']}")
+        print(f"{release:<12} {c['python']:<7} {c['result']:<7} {c['tests']} / "
+              f"{c['differential']} / {c.get('cluster', '')}")
     print(f"\npython  result  (distributed {supported[-1]})")
     for pyver, c in results["pythons"].items():
-        print(f"{pyver:<7} {c['result']:<7} {c['tests']} / {c['differential']}")
+        print(f"{pyver:<7} {c['result']:<7} {c['tests']} / {c['differential']} / "
+              f"{c.get('cluster', '')}")
 
     if args.write:
         matrix = json.loads(MATRIX_JSON.read_text()) if MATRIX_JSON.exists() else {}

@@ -49,3 +49,12 @@ def test_benchmark_page_table_is_that_of_its_results(tmp_path):
     with open(os.path.join(RUN_DIR, "table.md")) as f:
         assert f.read() == report.markdown_report(record)
     assert record["rows"] and record["e2e"]["rows"]
+
+
+def test_benchmark_page_names_the_measured_release():
+    """The benchmark page says which distributed release its run measured."""
+    with open(os.path.join(RUN_DIR, "results.json")) as f:
+        env = json.load(f)["environment"]
+    with open(os.path.join(DOCS, "benchmarks.md")) as f:
+        page = f.read()
+    assert f"This run measured **distributed {env['distributed']}** (dask {env['dask']})" in page
