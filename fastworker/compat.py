@@ -126,8 +126,7 @@ def is_supported(distributed: str | None = None) -> bool:
 
 def unsupported_message(distributed: str | None) -> str:
     return (
-        f"fastworker supports distributed {OLDEST_DISTRIBUTED} to {NEWEST_DISTRIBUTED} "
-        "(every release between) only, "
+        f"fastworker supports distributed {OLDEST_DISTRIBUTED} to {NEWEST_DISTRIBUTED} only, "
         f"but distributed {distributed or '(not installed)'} is installed; "
         "the stock worker state machine stays in use. Install a supported "
         "distributed release or a fastworker built for this one."
