@@ -20,6 +20,7 @@ __all__ = [
     "NEWEST_DISTRIBUTED",
     "OLDEST_DISTRIBUTED",
     "RELEASE_FEATURES",
+    "DASK_FOR_DISTRIBUTED",
     "Features",
     "SUPPORTED_DASK",
     "SUPPORTED_DISTRIBUTED",
@@ -33,7 +34,8 @@ __all__ = [
 
 #: distributed releases whose worker state machine fastworker reproduces exactly,
 #: oldest first (dask and distributed are released in lockstep: dask==X goes with
-#: distributed==X). The last one is the pinned release `make test` checks.
+#: distributed==X, but for DASK_FOR_DISTRIBUTED). The last one is the pinned release
+#: `make test` checks.
 SUPPORTED_DISTRIBUTED: tuple[str, ...] = (
     "2024.11.0", "2024.11.1", "2024.11.2", "2024.12.0", "2024.12.1",
     "2025.1.0", "2025.2.0", "2025.3.0", "2025.3.1", "2025.4.0", "2025.4.1",
@@ -42,8 +44,13 @@ SUPPORTED_DISTRIBUTED: tuple[str, ...] = (
     "2026.1.2", "2026.1.3", "2026.3.0", "2026.6.0", "2026.7.0", "2026.7.1",
     "2026.8.0",
 )
-#: dask releases tested together with them (the same numbers).
-SUPPORTED_DASK: tuple[str, ...] = SUPPORTED_DISTRIBUTED
+#: The dask release a supported distributed release requires where it is not the same
+#: number (distributed 2026.1.0 requires dask 2025.12.0; there is no lockstep dask).
+DASK_FOR_DISTRIBUTED: dict[str, str] = {"2026.1.0": "2025.12.0"}
+#: dask releases tested together with them (each distributed release pins its dask).
+SUPPORTED_DASK: tuple[str, ...] = tuple(
+    dict.fromkeys(DASK_FOR_DISTRIBUTED.get(r, r) for r in SUPPORTED_DISTRIBUTED)
+)
 #: The oldest and newest supported releases: the dependency range in pyproject.toml.
 OLDEST_DISTRIBUTED = SUPPORTED_DISTRIBUTED[0]
 NEWEST_DISTRIBUTED = SUPPORTED_DISTRIBUTED[-1]

@@ -58,13 +58,23 @@ TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "numpy",
 BUILD_TOOLS = ["setuptools>=64", "wheel", "Cython>=3.0"]
 
 
-def supported_releases() -> tuple[str, ...]:
-    """SUPPORTED_DISTRIBUTED, read from fastworker/compat.py without importing
-    fastworker (which needs distributed)."""
+def _compat() -> dict:
+    """fastworker/compat.py's names, read without importing fastworker (which needs
+    distributed)."""
     namespace: dict = {"__name__": "fastworker_compat_for_versions"}
     exec(compile((ROOT / "fastworker" / "compat.py").read_text(), "compat.py", "exec"),
          namespace)
-    return namespace["SUPPORTED_DISTRIBUTED"]
+    return namespace
+
+
+def supported_releases() -> tuple[str, ...]:
+    return _compat()["SUPPORTED_DISTRIBUTED"]
+
+
+def dask_for(release: str) -> str:
+    """The dask release that distributed ``release`` requires (the same number but
+    for DASK_FOR_DISTRIBUTED)."""
+    return _compat()["DASK_FOR_DISTRIBUTED"].get(release, release)
 
 
 def log(message: str) -> None:
@@ -87,12 +97,22 @@ def run(cmd, *, cwd=ROOT, env=None, logfile=None, check=True) -> subprocess.Comp
 
 
 def find_python(version: str) -> str | None:
-    exe = shutil.which(f"python{version}")
-    if exe is None:
-        return None
-    probe = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                           capture_output=True, text=True)
-    return exe if probe.returncode == 0 and probe.stdout.strip() == version else None
+    """An interpreter of CPython ``version``: pythonX.Y on PATH, else pyenv's (whose
+    shims on PATH answer only for the selected version)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python{version}")] + sorted(
+        (str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}")), reverse=True
+    )
+    for exe in candidates:
+        if exe is None:
+            continue
+        probe = subprocess.run(
+            [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return exe
+    return None
 
 
 def source_files() -> list[Path]:
@@ -184,26 +204,32 @@ def check_cell(release: str, pyver: str, python: str, stimuli: int) -> dict:
     try:
         wheel = build_wheel(pyver, python)
         venv = CACHE / f"{release}-py{pyver}"
-        make_venv(python, venv, [f"dask=={release}", f"distributed=={release}", *TEST_TOOLS],
+        make_venv(python, venv, [f"dask=={dask_for(release)}", f"distributed=={release}",
+                                 *TEST_TOOLS],
                   logfile)
         pip(venv, "install", "--no-deps", "--force-reinstall", wheel, logfile=logfile)
         env = dict(os.environ, FASTWORKER_TEST_INSTALLED="1", PYTHONDONTWRITEBYTECODE="1")
-        # bin/pytest, not python -m pytest: the checkout must not shadow the installed
-        # wheel (tests/test_versions.py checks where fastworker was imported from).
+        # Everything runs from an empty folder, through bin/pytest (not python -m
+        # pytest): the checkout must not shadow the installed wheel, nor in the
+        # interpreters that tests start (tests/test_versions.py checks where
+        # fastworker was imported from).
+        cwd = CACHE / "run"
+        cwd.mkdir(exist_ok=True)
         tests = run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider",
-                     "-o", "addopts=", *PARITY_TESTS], env=env, logfile=logfile, check=False)
+                     "-o", "addopts=", "--rootdir", ROOT, *(ROOT / t for t in PARITY_TESTS)],
+                    cwd=cwd, env=env, logfile=logfile, check=False)
         summary = [ln for ln in tests.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
         cell["tests"] = summary[-1].strip("= ") if summary else f"exit {tests.returncode}"
-        diff = run([venv / "bin" / "python", "tests/test_differential.py", "--stimuli", stimuli],
-                   env=env, logfile=logfile, check=False)
+        diff = run([venv / "bin" / "python", ROOT / "tests" / "test_differential.py",
+                    "--stimuli", stimuli], cwd=cwd, env=env, logfile=logfile, check=False)
         last = [ln for ln in diff.stdout.splitlines() if ln.strip()]
         cell["differential"] = (
             f"{stimuli} stimuli, identical" if diff.returncode == 0
             else f"diverged ({last[-1][:80] if last else diff.returncode})"
         )
         # the ways in: a small graph on a cluster through each (tests/ways_in_smoke.py)
-        smoke = run([venv / "bin" / "python", "tests/ways_in_smoke.py"], env=env,
-                    logfile=logfile, check=False)
+        smoke = run([venv / "bin" / "python", ROOT / "tests" / "ways_in_smoke.py"], cwd=cwd,
+                    env=env, logfile=logfile, check=False)
         ways = [ln.split()[0] for ln in smoke.stdout.splitlines() if ln.endswith(" ok")]
         cell["cluster"] = (
             f"{len(ways)}/5 ways in" if smoke.returncode == 0 else f"failed after {ways}"

@@ -60,7 +60,10 @@ def test_supported_releases_are_ordered_and_distinct():
     keys = [tuple(map(int, r.split("."))) for r in releases]
     assert keys == sorted(set(keys))
     assert (releases[0], releases[-1]) == (OLDEST_DISTRIBUTED, NEWEST_DISTRIBUTED)
-    assert fastworker.SUPPORTED_DASK == releases
+    dask_for = fastworker.compat.DASK_FOR_DISTRIBUTED
+    assert fastworker.SUPPORTED_DASK == tuple(
+        dict.fromkeys(dask_for.get(r, r) for r in releases)
+    )
 
 
 @pytest.mark.parametrize(
