@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = Path(os.environ.get("FASTWORKER_DIST", ROOT / "dist"))
+DIST = Path(os.environ.get("FASTWORKER_DIST", ROOT / "dist")).resolve()
 SDISTS = sorted(DIST.glob("fastworker-*.tar.gz")) if DIST.exists() else []
 WHEELS = sorted(DIST.glob("fastworker-*.whl")) if DIST.exists() else []
 
