@@ -250,8 +250,9 @@ def render(matrix: dict) -> str:
         "<!-- Written by `make test-versions` (scripts/test_versions.py) from",
         "     docs/version-matrix.json: edit neither by hand. -->",
         "",
-        "**Release x result** (each release in its own virtual environment, fastworker's "
-        "parity tests and a differential run against that release's own stock):",
+        "**Release x result** (each release in its own virtual environment: fastworker's "
+        "parity tests and a differential run against that release's own stock, then a "
+        "small graph on a cluster through each of the five ways in):",
         "",
         "| distributed | Python | result | parity tests | differential run | cluster | date |",
         "| --- | --- | --- | --- | --- | --- | --- |",
