@@ -84,7 +84,13 @@ cdef class TaskState:
     cpdef Py_ssize_t get_nbytes(self) except? -1
 
 
-# TaskState(key) with every other field at its default, without parsing arguments.
+cdef class TaskStateWithDuration(TaskState):
+    # distributed 2024.11.0-2025.1.0 only (fastworker.compat.Features.taskstate_duration)
+    cdef public object duration
+
+
+# TaskState(key) with every other field at its default, without parsing arguments;
+# of the class of the installed release (TaskStateWithDuration where it has one).
 cdef TaskState new_task(object key)
 
 

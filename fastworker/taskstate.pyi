@@ -105,3 +105,11 @@ class TaskState:
     ) -> None: ...
     def get_nbytes(self) -> int: ...
     def _to_dict_no_nest(self, *, exclude: Container[str] = ()) -> dict: ...
+
+class TaskStateWithDuration(TaskState):
+    """TaskState of distributed 2024.11.0-2025.1.0: ``duration`` after ``next``."""
+
+    duration: float | None
+
+#: The TaskState class of the installed distributed release (fastworker.TaskState).
+RELEASE_TASKSTATE: type[TaskState]

@@ -15,7 +15,10 @@ from dask.utils import key_split
 from distributed.utils import recursive_to_dict
 from distributed.worker_state_machine import _default_data_size
 
-__all__ = ["TaskState", "TASK_STATES", "TaskStateCode"]
+from fastworker.compat import features as _features
+
+__all__ = ["TaskState", "TaskStateWithDuration", "RELEASE_TASKSTATE", "TASK_STATES",
+           "TaskStateCode"]
 
 # Order must follow the TaskStateCode enum in taskstate.pxd.
 STATE_NAMES = (
@@ -51,6 +54,9 @@ _DUMPED_FIELDS = (
     "startstops", "state", "stop_time", "suspicious_count", "traceback",
     "traceback_text", "type", "waiters", "waiting_for_data", "who_has",
 )
+
+# The same, with "duration" (releases whose TaskState has that field).
+_DUMPED_FIELDS_WITH_DURATION = tuple(sorted(_DUMPED_FIELDS + ("duration",)))
 
 # Stands for "argument not given", so that an explicit None is kept as stock keeps it.
 cdef object _MISSING = object()
@@ -240,6 +246,8 @@ cdef class TaskState:
     """
 
     _instances = _INSTANCES
+    # What _to_dict_no_nest shows (a subclass adds its own fields).
+    _dumped_fields = _DUMPED_FIELDS
     __signature__ = _shown_signature()
     # The face of a dataclass (stock's TaskState is one), without its generated code.
     __dataclass_fields__ = _dataclass_fields()
@@ -463,7 +471,7 @@ cdef class TaskState:
         this one references are shown by their repr (see ``recursive_to_dict``).
         """
         members = {}
-        for name in _DUMPED_FIELDS:
+        for name in self._dumped_fields:
             if name in exclude:
                 continue
             value = getattr(self, name)
@@ -480,32 +488,117 @@ cdef class TaskState:
         return (_new_empty, (type(self),), self.__getstate__())
 
     def __getstate__(self):
-        return (
-            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
-            self.dependents, self.waiting_for_data, self.waiters, self.state,
-            self.previous, self.next, self.priority, self.who_has, self.coming_from,
-            self.resource_restrictions, self.exception, self.traceback,
-            self.exception_text, self.traceback_text, self.type,
-            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
-            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-        )
+        return _getstate(self)
 
     def __setstate__(self, state):
-        (
-            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
-            self.dependents, self.waiting_for_data, self.waiters, self.state,
-            self.previous, self.next, self.priority, self.who_has, self.coming_from,
-            self.resource_restrictions, self.exception, self.traceback,
-            self.exception_text, self.traceback_text, self.type,
-            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
-            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-        ) = state
+        _setstate(self, state)
+
+
+cdef tuple _getstate(TaskState self):
+    return (
+        self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+        self.dependents, self.waiting_for_data, self.waiters, self.state,
+        self.previous, self.next, self.priority, self.who_has, self.coming_from,
+        self.resource_restrictions, self.exception, self.traceback,
+        self.exception_text, self.traceback_text, self.type,
+        self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+        self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+    )
+
+
+cdef _setstate(TaskState self, tuple state):
+    (
+        self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+        self.dependents, self.waiting_for_data, self.waiters, self.state,
+        self.previous, self.next, self.priority, self.who_has, self.coming_from,
+        self.resource_restrictions, self.exception, self.traceback,
+        self.exception_text, self.traceback_text, self.type,
+        self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+        self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+    ) = state
+
+
+cdef class TaskStateWithDuration(TaskState):
+    """TaskState of distributed 2024.11.0 to 2025.1.0, whose stock TaskState has a
+    ``duration`` field (expected duration, after ``next``; set by compute-task).
+    ``fastworker.TaskState`` is this class next to those releases."""
+
+    _dumped_fields = _DUMPED_FIELDS_WITH_DURATION
+
+    def __init__(
+        self,
+        key,
+        run_id=-1,
+        run_spec=None,
+        dependencies=_MISSING,
+        dependents=_MISSING,
+        waiting_for_data=_MISSING,
+        waiters=_MISSING,
+        state="released",
+        previous=None,
+        next=None,
+        duration=None,
+        priority=None,
+        who_has=_MISSING,
+        coming_from=None,
+        resource_restrictions=_MISSING,
+        exception=None,
+        traceback=None,
+        exception_text="",
+        traceback_text="",
+        type=None,
+        suspicious_count=0,
+        startstops=_MISSING,
+        start_time=None,
+        stop_time=None,
+        metadata=_MISSING,
+        nbytes=None,
+        annotations=None,
+        span_id=None,
+        done=False,
+    ):
+        TaskState.__init__(
+            self, key, run_id, run_spec, dependencies, dependents, waiting_for_data,
+            waiters, state, previous, next, priority, who_has, coming_from,
+            resource_restrictions, exception, traceback, exception_text, traceback_text,
+            type, suspicious_count, startstops, start_time, stop_time, metadata, nbytes,
+            annotations, span_id, done,
+        )
+        self.duration = duration
+
+    def __getstate__(self):
+        return _getstate(self) + (self.duration,)
+
+    def __setstate__(self, tuple state):
+        # (this module is compiled with wraparound=False: no negative indices)
+        cdef Py_ssize_t last = len(state) - 1
+        _setstate(self, state[:last])
+        self.duration = state[last]
+
+
+cdef TaskState _alloc_task():
+    return TaskState.__new__(TaskState)
+
+
+cdef TaskState _alloc_task_with_duration():
+    return TaskStateWithDuration.__new__(TaskStateWithDuration)
+
+
+# Which class new_task makes: chosen once, for the installed distributed release.
+cdef TaskState (*_alloc)()
+if _features().taskstate_duration:
+    _alloc = _alloc_task_with_duration
+    #: The TaskState class of the installed release (what fastworker.TaskState is).
+    RELEASE_TASKSTATE = TaskStateWithDuration
+else:
+    _alloc = _alloc_task
+    RELEASE_TASKSTATE = TaskState
 
 
 cdef TaskState new_task(object key):
     # The defaults of TaskState.__init__; tp_new has already set every object
     # field to None and every C field to 0 (TS_RELEASED, run_id 0, done False).
-    cdef TaskState ts = TaskState.__new__(TaskState)
+    cdef TaskState ts = _alloc()
     global _next_serial
     ts.key = key
     ts.run_id = -1

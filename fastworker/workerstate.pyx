@@ -120,6 +120,7 @@ from fastworker.taskstate cimport (
     UNMADE_WAITING_FOR_DATA,
     UNMADE_WHO_HAS,
     TaskState,
+    TaskStateWithDuration,
     made_dependencies,
     made_dependents,
     made_waiters,
@@ -142,6 +143,13 @@ cdef class TaskCounter
 
 # Same logger as stock, so that users' and tests' log capture keeps working.
 logger = logging.getLogger("distributed.worker.state_machine")
+
+from fastworker.compat import features as _release_features
+
+# How the installed distributed release's state machine differs from the newest one's
+# (fastworker.compat.Features): the wsm/*.pxi parts pick their per-release C
+# functions from it once, here at import, never per task.
+_FEATURES = _release_features()
 
 cdef object _RUN_ID_SENTINEL = -1
 

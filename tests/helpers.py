@@ -49,3 +49,18 @@ IMPLEMENTATIONS = (STOCK, FASTWORKER)
 def strip(story):
     """Story / log entries without their trailing timestamp."""
     return [tuple(entry[:-1]) for entry in story]
+
+
+def long_running_msg(**kwargs):
+    """The LongRunningMsg the installed release's stock sends: with ``run_id`` from
+    distributed 2025.2.0 on, without it before."""
+    if "run_id" not in stock_wsm.LongRunningMsg.__slots__:
+        kwargs.pop("run_id")
+    return stock_wsm.LongRunningMsg(**kwargs)
+
+
+#: Fields of ComputeTaskEvent and TaskState that only some releases have, with the
+#: value ComputeTaskEvent.dummy gives: ``duration`` until distributed 2025.1.0.
+RELEASE_COMPUTE_FIELDS: dict = (
+    {"duration": 1.0} if "duration" in stock_wsm.ComputeTaskEvent.__dataclass_fields__ else {}
+)

@@ -77,6 +77,8 @@ CONSTRUCTOR_VALUES = {
     "annotations": {"a": 1},
     "span_id": "span",
     "done": True,
+    # distributed 2024.11.0-2025.1.0 only
+    "duration": 2.5,
 }
 
 

@@ -58,6 +58,11 @@ FIELDS = {
     "span_id": (None, "span-1"),
     "done": (False, True),
 }
+if "duration" in STOCK.TaskState.__dataclass_fields__:
+    # distributed 2024.11.0-2025.1.0: a field after "next"
+    _items = list(FIELDS.items())
+    _at = [name for name, _ in _items].index("next") + 1
+    FIELDS = dict(_items[:_at] + [("duration", (None, 4.5))] + _items[_at:])
 SET_OF_TASKS = ("dependencies", "dependents", "waiting_for_data", "waiters")
 MUTABLE_DEFAULTS = ("who_has", "resource_restrictions", "startstops", "metadata", *SET_OF_TASKS)
 

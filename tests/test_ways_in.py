@@ -130,7 +130,10 @@ def test_select_state_class_guards(monkeypatch, caplog):
     monkeypatch.setattr(fastworker.compat, "distributed_version", lambda: "2099.1.0")
     assert fw_worker.select_state_class("w") is StockWorkerState
     (warning,) = refusals(caplog)
-    assert "supports distributed 2026.8.0 only, but distributed 2099.1.0 is installed" in warning
+    assert (
+        "supports distributed 2024.11.0 to 2026.8.0 only, but distributed 2099.1.0 is installed"
+        in warning
+    )
 
 
 def test_config_key_has_a_default_and_reads_the_environment():

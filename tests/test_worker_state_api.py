@@ -35,7 +35,7 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from helpers import FASTWORKER
+from helpers import FASTWORKER, RELEASE_COMPUTE_FIELDS
 
 ADDR = "127.0.0.1:1"
 W2 = "127.0.0.2:1"
@@ -522,6 +522,7 @@ def test_to_dict(ws):
                 "cls": "ComputeTaskEvent", "actor": False, "annotations": {}, "key": "x",
                 "nbytes": {}, "priority": [0], "resource_restrictions": {}, "run_id": 0,
                 "run_spec": None, "span_id": None, "stimulus_id": "s1", "who_has": {},
+                **RELEASE_COMPUTE_FIELDS,
             },
             {"cls": "UpdateDataEvent", "data": {"y": None}, "stimulus_id": "s2"},
             {
@@ -533,7 +534,8 @@ def test_to_dict(ws):
         "task_cumulative_elapsed": ["['x', 'executing']", "['y', 'memory']", "['z', 'flight']"],
         "tasks": {
             # run_id 0 is falsy and dropped; run_spec (a dask Task) is callable, dropped
-            "x": {"key": "x", "priority": [0, 0], "state": "executing"},
+            "x": {"key": "x", "priority": [0, 0], "state": "executing",
+                  **RELEASE_COMPUTE_FIELDS},
             "y": {"key": "y", "nbytes": 28, "run_id": -1, "state": "memory"},
             "z": {
                 "coming_from": W2, "key": "z", "nbytes": 10, "priority": [1],
@@ -673,7 +675,7 @@ def test_stimulus_log_entries_are_shallow_copies(impl, cls):
     ev = cls(
         key="x", run_id=1, who_has={}, nbytes={}, priority=(0,), run_spec="spec",
         resource_restrictions={}, actor=False, annotations={"a": 1}, span_id=None,
-        stimulus_id="s1",
+        stimulus_id="s1", **RELEASE_COMPUTE_FIELDS,
     )
     if cls is ExtraSlotCompute:
         ev.note = ["note"]

@@ -160,6 +160,7 @@ cdef tuple _handle_compute_task(WorkerState self, object ev):
     ts.exception_text = ""
     ts.traceback_text = ""
     ts.priority = priority
+    _compute_task_duration(ts, ev)
     ts.annotations = ev.annotations
     ts.span_id = ev.span_id
     # A task asked for again while it still runs (cancelled or resumed from a run)

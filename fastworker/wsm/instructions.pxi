@@ -132,8 +132,11 @@ cdef object _task_finished_msg(object key, object run_id, object nbytes, object 
     return out
 
 
-cdef object _get_task_finished_msg(WorkerState self, TaskState ts, object run_id,
-                                   object stimulus_id):
+# _get_task_finished_msg: stock's asserts ``ts.nbytes is not None`` also when not
+# validating from 2026.6.0 on, before only under ``validate``. One function per
+# release group, chosen at import (Features.finished_msg_asserts_nbytes).
+cdef object _get_task_finished_msg_asserting(WorkerState self, TaskState ts, object run_id,
+                                             object stimulus_id):
     if self.validate:
         assert ts._state == TS_MEMORY
         assert ts.key in self.data or ts.key in self.actors
@@ -143,6 +146,67 @@ cdef object _get_task_finished_msg(WorkerState self, TaskState ts, object run_id
         ts.key, run_id, ts.nbytes, ts.type, ts.metadata, self.threads.get(ts.key),
         ts.startstops, stimulus_id,
     )
+
+
+cdef object _get_task_finished_msg_validating(WorkerState self, TaskState ts, object run_id,
+                                              object stimulus_id):
+    if self.validate:
+        assert ts._state == TS_MEMORY
+        assert ts.key in self.data or ts.key in self.actors
+        assert ts.type is not None
+        assert ts.nbytes is not None
+    return _task_finished_msg(
+        ts.key, run_id, ts.nbytes, ts.type, ts.metadata, self.threads.get(ts.key),
+        ts.startstops, stimulus_id,
+    )
+
+
+cdef object (*_get_task_finished_msg)(WorkerState, TaskState, object, object)
+if _FEATURES.finished_msg_asserts_nbytes:
+    _get_task_finished_msg = _get_task_finished_msg_asserting
+else:
+    _get_task_finished_msg = _get_task_finished_msg_validating
+
+
+# LongRunningMsg has a run_id from 2025.2.0 on (Features.long_running_run_id).
+cdef object _long_running_msg_with_run_id(TaskState ts, object compute_duration,
+                                          object stimulus_id):
+    return LongRunningMsg(
+        key=ts.key, run_id=ts.run_id, compute_duration=compute_duration,
+        stimulus_id=stimulus_id,
+    )
+
+
+cdef object _long_running_msg_without_run_id(TaskState ts, object compute_duration,
+                                             object stimulus_id):
+    return LongRunningMsg(
+        key=ts.key, compute_duration=compute_duration, stimulus_id=stimulus_id
+    )
+
+
+cdef object (*_long_running_msg)(TaskState, object, object)
+if _FEATURES.long_running_run_id:
+    _long_running_msg = _long_running_msg_with_run_id
+else:
+    _long_running_msg = _long_running_msg_without_run_id
+
+
+# compute-task sets TaskState.duration from the event where both have it
+# (until 2025.1.0, Features.taskstate_duration).
+cdef int _set_duration(TaskState ts, object ev) except -1:
+    (<TaskStateWithDuration>ts).duration = ev.duration
+    return 0
+
+
+cdef int _no_duration(TaskState ts, object ev) except -1:
+    return 0
+
+
+cdef int (*_compute_task_duration)(TaskState, object) except -1
+if _FEATURES.taskstate_duration:
+    _compute_task_duration = _set_duration
+else:
+    _compute_task_duration = _no_duration
 
 
 def _fast_paths():

@@ -279,9 +279,7 @@ cdef tuple _transition_executing_long_running(WorkerState self, TaskState ts, tu
     ts._state = TS_LONG_RUNNING
     self.executing.discard(ts)
     self.long_running.add(ts)
-    smsg = LongRunningMsg(
-        key=ts.key, run_id=ts.run_id, compute_duration=args[0], stimulus_id=stimulus_id
-    )
+    smsg = _long_running_msg(ts, args[0], stimulus_id)
     return merge_recs_instructions(({}, [smsg]), _ensure_computing(self))
 
 

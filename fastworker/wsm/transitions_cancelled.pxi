@@ -58,9 +58,7 @@ cdef tuple _transition_cancelled_waiting(WorkerState self, TaskState ts, tuple a
         # that it seceded (twice, if it seceded before it was cancelled).
         ts._state = TS_LONG_RUNNING
         ts._previous = TS_NONE
-        return {}, [LongRunningMsg(
-            key=ts.key, run_id=ts.run_id, compute_duration=None, stimulus_id=stimulus_id
-        )]
+        return {}, [_long_running_msg(ts, None, stimulus_id)]
     assert ts._previous == TS_FLIGHT
     ts._state = TS_RESUMED
     ts._next = TS_WAITING
