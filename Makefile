@@ -11,11 +11,16 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd) setup.py
+SOURCES := $(wildcard fastworker/*.pyx fastworker/*.pxd fastworker/wsm/*.pxi fastworker/includes/*.h) setup.py
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.built
 
-.PHONY: all venv build test bench docs annotate clean distclean
+# make test-versions: every supported distributed release and CPython 3.10-3.13, each in
+# its own cached venv under .venv-versions/ (scripts/test_versions.py --help);
+# e.g. VERSIONS_ARGS="--releases oldest --pythons none" (what CI adds to make test).
+VERSIONS_ARGS ?= --write
+
+.PHONY: all venv build test test-versions dist test-dist bench docs annotate clean distclean
 
 all: build
 
@@ -40,6 +45,20 @@ build: $(BUILD_STAMP)
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-versions:
+	$(PYTHON) scripts/test_versions.py $(VERSIONS_ARGS)
+
+# dist/: the sdist (Cython sources and the C generated from them: building it needs a
+# C compiler, not Cython) and a wheel built from that sdist.
+dist: $(DEPS_STAMP)
+	rm -rf dist
+	$(PIP) install -q -c constraints.txt build
+	$(PY) -m build --no-isolation --outdir dist .
+
+# The wheel in a fresh venv without Cython or a compiler: each way in runs a graph.
+test-dist: dist
+	FASTWORKER_DIST=dist $(PY) -m pytest tests/test_dist.py $(PYTEST_ARGS)
+
 bench: build
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
@@ -53,7 +72,7 @@ annotate: $(DEPS_STAMP)
 	@ls fastworker/*.html
 
 clean:
-	rm -rf build fastworker/*.c fastworker/*.so fastworker/*.html docs/_build $(BUILD_STAMP)
+	rm -rf build dist fastworker/*.c fastworker/*.so fastworker/*.html docs/_build $(BUILD_STAMP)
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,7 +1,9 @@
 """Build the compiled units of fastworker.
 
 Every ``fastworker/*.pyx`` becomes one extension module; Cython runs at build time
-and the generated C is never committed. Build options come from the environment:
+and the generated C is never committed to git. The sdist ships that C (``make dist``),
+so a build from the sdist (recognised by its PKG-INFO) compiles it without Cython.
+Build options come from the environment:
 
 - ``FASTWORKER_ANNOTATE=1``  write ``cython -a`` HTML next to each .pyx
 - ``FASTWORKER_DEBUG=1``     keep line numbers/asserts, no -O3 (for profilers and gdb)
@@ -10,7 +12,6 @@ and the generated C is never committed. Build options come from the environment:
 import os
 from glob import glob
 
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 
@@ -30,21 +31,31 @@ directives = {
 macros = [("CYTHON_TRACE", "1")] if profile else []
 compile_args = ["-O0", "-g"] if debug else ["-O3"]
 
-extensions = [
-    Extension(
+pyx_files = sorted(glob(os.path.join("fastworker", "*.pyx")))
+# An sdist carries the generated C: compile it as it is, without Cython.
+from_sdist = os.path.exists("PKG-INFO") and all(
+    os.path.exists(path[:-4] + ".c") for path in pyx_files
+)
+
+
+def extension(path):
+    return Extension(
         f"fastworker.{os.path.splitext(os.path.basename(path))[0]}",
         [path],
         define_macros=macros,
         extra_compile_args=compile_args,
     )
-    for path in sorted(glob(os.path.join("fastworker", "*.pyx")))
-]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
+
+if from_sdist:
+    ext_modules = [extension(path[:-4] + ".c") for path in pyx_files]
+else:
+    from Cython.Build import cythonize
+
+    ext_modules = cythonize(
+        [extension(path) for path in pyx_files],
         compiler_directives=directives,
         annotate=flag("FASTWORKER_ANNOTATE"),
-    ),
-    zip_safe=False,
-)
+    )
+
+setup(ext_modules=ext_modules, zip_safe=False)

@@ -17,7 +17,11 @@ version = release
 extensions = ["myst_parser"]
 source_suffix = {".md": "markdown"}
 # benchmark-run/ holds one run's results; its table.md is included by benchmarks.md
-exclude_patterns = ["_build", "benchmark-run", "dispatch-run", "Thumbs.db", ".DS_Store"]
+# version-matrix.md (make test-versions) is included by versions.md
+exclude_patterns = [
+    "_build", "benchmark-run", "benchmark-inline", "dispatch-run", "version-matrix.md",
+    "Thumbs.db", ".DS_Store",
+]
 myst_heading_anchors = 3
 
 html_theme = "alabaster"

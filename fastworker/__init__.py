@@ -32,13 +32,14 @@ from fastworker.compat import (
     is_supported,
 )
 
-from fastworker import config  # noqa: E402  (registers the fastworker.* config keys)
+from fastworker import config  # noqa: E402, F401  (registers the fastworker.* config keys)
 
 #: Whether the installed distributed is one this build reproduces exactly.
 DISTRIBUTED_SUPPORTED: bool = check_distributed_version(log=False)
 
 if DISTRIBUTED_SUPPORTED:
-    from fastworker.taskstate import TASK_STATES, TaskState
+    from fastworker.taskstate import RELEASE_TASKSTATE as TaskState
+    from fastworker.taskstate import TASK_STATES
     from fastworker.workerstate import WorkerState
 else:  # keep distributed's own classes, so that no way in installs ours
     from distributed.worker_state_machine import TaskState, WorkerState

@@ -23,6 +23,21 @@ DEFAULTS: dict = {
             "max-duration": "1ms",
             # Each batch runs for at most about this long, then yields to the loop.
             "batch-time": "10ms",
+            # No inline task holds the event loop longer than this (garbage
+            # collections not counted): a watchdog takes it back and it runs again
+            # in the thread pool; its prefix no longer runs inline.
+            "take-back-after": "50ms",
+            # Automatic selection of measured prefixes: "auto" (on where a task
+            # blocked in a wait can be taken back, i.e. the worker's event loop runs
+            # in the process's main thread), True, or False (then only tasks
+            # annotated executor="inline" run inline).
+            "automatic": "auto",
+            # Pool runs of a prefix needed before it may run inline: most of them
+            # must not wait (thread CPU time close to wall time).
+            "admit-after": 4,
+            # The signal that interrupts a task blocked in a wait on the loop's
+            # (main) thread; used only if no other handler owns it.
+            "take-back-signal": "SIGRTMIN+4",
         },
         # Low-latency dispatch (fastworker.dispatch): the scheduler's streams to the
         # workers (with fastworker.SchedulerPlugin) and fastworker workers' stream to
@@ -46,4 +61,14 @@ dask.config.update_defaults(DEFAULTS)
 
 def enabled() -> bool:
     """The current value of ``fastworker.enabled`` (read on every call)."""
-    return bool(dask.config.get("fastworker.enabled", True))
+    return bool(get("fastworker.enabled"))
+
+
+def get(name: str):
+    """``dask.config.get(name)``, falling back to fastworker's default: test harnesses
+    (distributed's ``gen_cluster`` among them) may reset dask's config to a copy
+    taken before fastworker registered its defaults."""
+    default = DEFAULTS
+    for part in name.split("."):
+        default = default[part]
+    return dask.config.get(name, default=default)

@@ -72,9 +72,6 @@ cdef class TaskState:
     cdef public object annotations
     cdef public object span_id
     cdef public bint done
-    # Expected run time (s) from the worker's per-prefix estimate; not part of
-    # stock's TaskState, so it is kept out of repr and _to_dict.
-    cdef public object duration
     cdef object __weakref__
     # Membership in TaskState._instances (see LiveTaskSet); borrowed pointers.
     cdef bint _live
@@ -87,7 +84,13 @@ cdef class TaskState:
     cpdef Py_ssize_t get_nbytes(self) except? -1
 
 
-# TaskState(key) with every other field at its default, without parsing arguments.
+cdef class TaskStateWithDuration(TaskState):
+    # distributed 2024.11.0-2025.1.0 only (fastworker.compat.Features.taskstate_duration)
+    cdef public object duration
+
+
+# TaskState(key) with every other field at its default, without parsing arguments;
+# of the class of the installed release (TaskStateWithDuration where it has one).
 cdef TaskState new_task(object key)
 
 

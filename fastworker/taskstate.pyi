@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Container, Iterator
+from dataclasses import Field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from distributed.protocol.serialize import Serialize
 from distributed.worker_state_machine import TaskStateState
@@ -39,6 +40,9 @@ class LiveTaskSet:
 
 class TaskState:
     _instances: LiveTaskSet
+    # the face of a dataclass: stock's fields
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+    __match_args__: ClassVar[tuple[str, ...]]
     key: Any
     prefix: str
     run_id: int
@@ -68,7 +72,6 @@ class TaskState:
     annotations: dict | None
     span_id: str | None
     done: bool
-    duration: float | None
     def __init__(
         self,
         key: Any,
@@ -99,8 +102,14 @@ class TaskState:
         annotations: dict | None = None,
         span_id: str | None = None,
         done: bool = False,
-        *,
-        duration: float | None = None,
     ) -> None: ...
     def get_nbytes(self) -> int: ...
     def _to_dict_no_nest(self, *, exclude: Container[str] = ()) -> dict: ...
+
+class TaskStateWithDuration(TaskState):
+    """TaskState of distributed 2024.11.0-2025.1.0: ``duration`` after ``next``."""
+
+    duration: float | None
+
+#: The TaskState class of the installed distributed release (fastworker.TaskState).
+RELEASE_TASKSTATE: type[TaskState]

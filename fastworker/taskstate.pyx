@@ -15,7 +15,10 @@ from dask.utils import key_split
 from distributed.utils import recursive_to_dict
 from distributed.worker_state_machine import _default_data_size
 
-__all__ = ["TaskState", "TASK_STATES", "TaskStateCode"]
+from fastworker.compat import features as _features
+
+__all__ = ["TaskState", "TaskStateWithDuration", "RELEASE_TASKSTATE", "TASK_STATES",
+           "TaskStateCode"]
 
 # Order must follow the TaskStateCode enum in taskstate.pxd.
 STATE_NAMES = (
@@ -43,7 +46,7 @@ TASK_STATES = STATE_NAMES[:TS_NONE]
 cdef dict _STATE_CODES = {name: code for code, name in enumerate(TASK_STATES)}
 
 # Fields of stock TaskState that its _to_dict_no_nest may show, sorted by name as
-# inspect.getmembers sorts them ("prefix" is always dropped there, "duration" is ours).
+# inspect.getmembers sorts them ("prefix" is always dropped there).
 _DUMPED_FIELDS = (
     "annotations", "coming_from", "dependencies", "dependents", "done", "exception",
     "exception_text", "key", "metadata", "nbytes", "next", "previous", "priority",
@@ -51,6 +54,9 @@ _DUMPED_FIELDS = (
     "startstops", "state", "stop_time", "suspicious_count", "traceback",
     "traceback_text", "type", "waiters", "waiting_for_data", "who_has",
 )
+
+# The same, with "duration" (releases whose TaskState has that field).
+_DUMPED_FIELDS_WITH_DURATION = tuple(sorted(_DUMPED_FIELDS + ("duration",)))
 
 # Stands for "argument not given", so that an explicit None is kept as stock keeps it.
 cdef object _MISSING = object()
@@ -83,6 +89,9 @@ cdef TaskStateCode optional_state_code(object name) except? TS_NONE:
 cdef inline object state_name(TaskStateCode code):
     return <object>PyTuple_GET_ITEM(STATE_NAMES, <Py_ssize_t>code)
 
+
+cdef extern from "includes/weakrefs.h":
+    object fw_weakrefs(object obj)
 
 cdef extern from "Python.h":
     ctypedef Py_ssize_t Py_hash_t
@@ -201,15 +210,29 @@ def _new_empty(cls):
 
 
 def _shown_signature():
-    """Stock TaskState's constructor signature plus our keyword-only ``duration``
-    (a compiled __init__ has no introspectable signature of its own)."""
+    """Stock TaskState's constructor signature, which the compiled __init__ takes
+    (it has no introspectable signature of its own; tests/test_api_parity.py calls
+    it with every parameter)."""
     import inspect
 
+    return inspect.signature(_stock_class())
+
+
+def _stock_class():
     from distributed.worker_state_machine import TaskState as StockTaskState
 
-    sig = inspect.signature(StockTaskState)
-    duration = inspect.Parameter("duration", inspect.Parameter.KEYWORD_ONLY, default=None)
-    return sig.replace(parameters=[*sig.parameters.values(), duration])
+    return StockTaskState
+
+
+def _dataclass_fields():
+    """Copies of the dataclass fields of stock's TaskState. ``dataclasses.fields``,
+    ``is_dataclass``, ``asdict`` and ``replace`` read them, as distributed's own
+    tests do on stock's class."""
+    import copy
+
+    return {
+        name: copy.copy(f) for name, f in _stock_class().__dataclass_fields__.items()
+    }
 
 
 @cython.freelist(256)
@@ -220,14 +243,16 @@ cdef class TaskState:
     same constructor and fields. ``state``, ``previous`` and ``next`` only accept
     the worker task state names (or None for the latter two) and raise
     ValueError for anything else. Hash and equality are by identity.
-
-    In addition to stock's fields, ``duration`` holds the task's expected run time
-    in seconds (the worker's per-prefix estimate), or None; it is not shown by
-    ``repr`` or ``_to_dict_no_nest``.
     """
 
     _instances = _INSTANCES
+    # What _to_dict_no_nest shows (a subclass adds its own fields).
+    _dumped_fields = _DUMPED_FIELDS
     __signature__ = _shown_signature()
+    # The face of a dataclass (stock's TaskState is one), without its generated code.
+    __dataclass_fields__ = _dataclass_fields()
+    __dataclass_params__ = _stock_class().__dataclass_params__
+    __match_args__ = _stock_class().__match_args__
 
     def __init__(
         self,
@@ -259,8 +284,6 @@ cdef class TaskState:
         annotations=None,
         span_id=None,
         done=False,
-        *,
-        duration=None,
     ):
         self.key = key
         self.run_id = run_id
@@ -309,11 +332,15 @@ cdef class TaskState:
         self.annotations = annotations
         self.span_id = span_id
         self.done = done
-        self.duration = duration
         global _next_serial
         self._serial = _next_serial
         _next_serial += 1
         _link(self)
+
+    @property
+    def __weakref__(self):
+        """The first weak reference to the task, or None (as on a Python class)."""
+        return fw_weakrefs(self)
 
     def __hash__(self):
         if _serial_hash:
@@ -444,7 +471,7 @@ cdef class TaskState:
         this one references are shown by their repr (see ``recursive_to_dict``).
         """
         members = {}
-        for name in _DUMPED_FIELDS:
+        for name in self._dumped_fields:
             if name in exclude:
                 continue
             value = getattr(self, name)
@@ -461,34 +488,117 @@ cdef class TaskState:
         return (_new_empty, (type(self),), self.__getstate__())
 
     def __getstate__(self):
-        return (
-            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
-            self.dependents, self.waiting_for_data, self.waiters, self.state,
-            self.previous, self.next, self.priority, self.who_has, self.coming_from,
-            self.resource_restrictions, self.exception, self.traceback,
-            self.exception_text, self.traceback_text, self.type,
-            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
-            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-            self.duration,
-        )
+        return _getstate(self)
 
     def __setstate__(self, state):
-        (
-            self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
-            self.dependents, self.waiting_for_data, self.waiters, self.state,
-            self.previous, self.next, self.priority, self.who_has, self.coming_from,
-            self.resource_restrictions, self.exception, self.traceback,
-            self.exception_text, self.traceback_text, self.type,
-            self.suspicious_count, self.startstops, self.start_time, self.stop_time,
-            self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
-            self.duration,
-        ) = state
+        _setstate(self, state)
+
+
+cdef tuple _getstate(TaskState self):
+    return (
+        self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+        self.dependents, self.waiting_for_data, self.waiters, self.state,
+        self.previous, self.next, self.priority, self.who_has, self.coming_from,
+        self.resource_restrictions, self.exception, self.traceback,
+        self.exception_text, self.traceback_text, self.type,
+        self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+        self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+    )
+
+
+cdef _setstate(TaskState self, tuple state):
+    (
+        self.key, self._prefix, self.run_id, self.run_spec, self.dependencies,
+        self.dependents, self.waiting_for_data, self.waiters, self.state,
+        self.previous, self.next, self.priority, self.who_has, self.coming_from,
+        self.resource_restrictions, self.exception, self.traceback,
+        self.exception_text, self.traceback_text, self.type,
+        self.suspicious_count, self.startstops, self.start_time, self.stop_time,
+        self.metadata, self.nbytes, self.annotations, self.span_id, self.done,
+    ) = state
+
+
+cdef class TaskStateWithDuration(TaskState):
+    """TaskState of distributed 2024.11.0 to 2025.1.0, whose stock TaskState has a
+    ``duration`` field (expected duration, after ``next``; set by compute-task).
+    ``fastworker.TaskState`` is this class next to those releases."""
+
+    _dumped_fields = _DUMPED_FIELDS_WITH_DURATION
+
+    def __init__(
+        self,
+        key,
+        run_id=-1,
+        run_spec=None,
+        dependencies=_MISSING,
+        dependents=_MISSING,
+        waiting_for_data=_MISSING,
+        waiters=_MISSING,
+        state="released",
+        previous=None,
+        next=None,
+        duration=None,
+        priority=None,
+        who_has=_MISSING,
+        coming_from=None,
+        resource_restrictions=_MISSING,
+        exception=None,
+        traceback=None,
+        exception_text="",
+        traceback_text="",
+        type=None,
+        suspicious_count=0,
+        startstops=_MISSING,
+        start_time=None,
+        stop_time=None,
+        metadata=_MISSING,
+        nbytes=None,
+        annotations=None,
+        span_id=None,
+        done=False,
+    ):
+        TaskState.__init__(
+            self, key, run_id, run_spec, dependencies, dependents, waiting_for_data,
+            waiters, state, previous, next, priority, who_has, coming_from,
+            resource_restrictions, exception, traceback, exception_text, traceback_text,
+            type, suspicious_count, startstops, start_time, stop_time, metadata, nbytes,
+            annotations, span_id, done,
+        )
+        self.duration = duration
+
+    def __getstate__(self):
+        return _getstate(self) + (self.duration,)
+
+    def __setstate__(self, tuple state):
+        # (this module is compiled with wraparound=False: no negative indices)
+        cdef Py_ssize_t last = len(state) - 1
+        _setstate(self, state[:last])
+        self.duration = state[last]
+
+
+cdef TaskState _alloc_task():
+    return TaskState.__new__(TaskState)
+
+
+cdef TaskState _alloc_task_with_duration():
+    return TaskStateWithDuration.__new__(TaskStateWithDuration)
+
+
+# Which class new_task makes: chosen once, for the installed distributed release.
+cdef TaskState (*_alloc)()
+if _features().taskstate_duration:
+    _alloc = _alloc_task_with_duration
+    #: The TaskState class of the installed release (what fastworker.TaskState is).
+    RELEASE_TASKSTATE = TaskStateWithDuration
+else:
+    _alloc = _alloc_task
+    RELEASE_TASKSTATE = TaskState
 
 
 cdef TaskState new_task(object key):
     # The defaults of TaskState.__init__; tp_new has already set every object
     # field to None and every C field to 0 (TS_RELEASED, run_id 0, done False).
-    cdef TaskState ts = TaskState.__new__(TaskState)
+    cdef TaskState ts = _alloc()
     global _next_serial
     ts.key = key
     ts.run_id = -1

@@ -25,7 +25,7 @@ from distributed.worker_state_machine import WorkerState as StockWorkerState
 
 from fastworker import compat, config, dispatch
 from fastworker._version import __version__
-from fastworker.inline import InlineExecution
+from fastworker.inline import InlineExecution, _worker_name
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -226,17 +226,6 @@ def pace_worker_stream(worker: Any) -> bool:
     return True
 
 
-def _worker_name(worker: Any) -> str:
-    for attr in ("address", "name"):
-        try:
-            value = getattr(worker, attr)
-        except (AttributeError, ValueError):
-            continue
-        if value:
-            return str(value)
-    return hex(id(worker))
-
-
 def _fastworker_metric(worker: Any) -> int:
     return int(is_compiled(worker.state))
 
@@ -257,8 +246,11 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
 
     ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
     "reason": why stock is kept (None if it is not), "inline": whether tiny tasks
-    run in the in-process executor, "dispatch": the low-latency state of the
-    worker's stream to the scheduler (None when it keeps stock's batching)}``.
+    run in the in-process executor, "inline_executor": its counters (tasks run
+    inline, re-runs in the pool, take-backs, the longest hold of the event loop by
+    one task, a task stuck on the loop that could not be taken back) or None,
+    "dispatch": the low-latency state of the worker's stream to the scheduler (None
+    when it keeps stock's batching)}``.
 
     On the scheduler, ``client.run_on_scheduler(fastworker.status)``:
     ``{"scheduler_plugin": bool, "reason": why not (None if it runs), "streams":
@@ -277,6 +269,7 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
     pacer = dispatch.Pacer.of(getattr(dask_worker, "batched_stream", None))
     state_type = type(dask_worker.state)
     compiled = is_compiled(dask_worker.state)
+    inline = getattr(dask_worker, "_fastworker_inline", None)
     return {
         "fastworker": compiled,
         "state_class": f"{state_type.__module__}.{state_type.__qualname__}",
@@ -284,7 +277,8 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
         "reason": None if compiled else getattr(
             dask_worker, "_fastworker_reason", "not installed on this worker"
         ),
-        "inline": getattr(dask_worker, "_fastworker_inline", None) is not None,
+        "inline": inline is not None,
+        "inline_executor": None if inline is None else inline.report(),
         "dispatch": pacer.state() if pacer is not None else None,
     }
 

@@ -51,43 +51,14 @@ cdef class WorkerState:
     cdef bint _py_transitions
     cdef bint _debug
 
-    # --- the machine ---
+    # --- the machine (the transitions, handlers and helpers are C functions of the
+    # module, taking the WorkerState as self: see workerstate.pyx) ---
     cdef list _handle_stimuli(self, tuple stims)
     cdef tuple _handle_event_c(self, object ev)
-    cdef list _transitions_c(self, dict recommendations, object stimulus_id)
+    cdef list _transitions_c(self, object recommendations, object stimulus_id)
     cdef void _process_recs(self, dict recs, list instructions, dict initial_states,
                             object stimulus_id) except *
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id)
     cdef tuple _transition_c(self, TaskState ts, object finish, tuple args,
                              object stimulus_id)
-    cdef object _dispatch(self, TaskState ts, int start, int finish, tuple args,
-                          object stimulus_id)
     cdef void _notify_transition(self, object key, object start, object finish) except *
-
-    cdef TaskState _ensure_task_exists(self, object key, object priority,
-                                       object stimulus_id)
-    cdef int _update_who_has(self, object who_has) except -1
-    cdef int _purge_state(self, TaskState ts) except -1
-    cdef bint _should_throttle_incoming_transfers(self) except -1
-    cdef tuple _ensure_communicating(self, object stimulus_id)
-    cdef object _select_workers_for_gather(self)
-    cdef bint _task_exceeds_transfer_limits(self, TaskState ts, object message_nbytes) except -1
-    cdef tuple _ensure_computing(self)
-    cdef TaskState _next_ready_task(self)
-    cdef bint _resource_restrictions_satisfied(self, TaskState ts) except -1
-    cdef int _acquire_resources(self, TaskState ts) except -1
-    cdef int _release_resources(self, TaskState ts) except -1
-    cdef object _get_task_finished_msg(self, TaskState ts, object run_id, object stimulus_id)
-
-    cdef tuple _generic_fetch(self, TaskState ts)
-    cdef tuple _generic_missing(self, TaskState ts)
-    cdef tuple _generic_released(self, TaskState ts)
-    cdef tuple _generic_error(self, TaskState ts, tuple args, object stimulus_id)
-    cdef tuple _released_waiting(self, TaskState ts)
-    cdef tuple _released_forgotten(self, TaskState ts)
-    cdef tuple _handle_compute_task(self, object ev)
-    cdef tuple _execute_done_common(self, object ev)
-    cdef list _gather_dep_done_common(self, object ev)
-    cdef int _forget_peer(self, object worker, dict recs) except -1
-    cdef tuple _to_memory(self, TaskState ts, object value, int msg_type, object run_id,
-                          object stimulus_id)

@@ -548,7 +548,17 @@ class StimulusDriver:
             annotations={"retries": 1} if c.chance(10) else {},
             span_id=c.choice((None, None, "span-a", "span-b")),
             stimulus_id=sid,
+            **self._release_fields(key),
         )
+
+    @staticmethod
+    def _release_fields(key: Any) -> dict:
+        """Fields of ComputeTaskEvent that only some releases have: ``duration``
+        until 2025.1.0 (drawn from the key, so that every release sees the same
+        stream of random choices)."""
+        if "duration" in ComputeTaskEvent.__dataclass_fields__:
+            return {"duration": 0.5 + len(str(key)) % 3}
+        return {}
 
     def _make_compute_new(self, sid: str) -> StateMachineEvent:
         c = self.c
@@ -911,6 +921,9 @@ _TASK_FIELDS = (
     "prefix",
     "start_time",
     "stop_time",
+) + (
+    # until distributed 2025.1.0 (fastworker.compat.Features.taskstate_duration)
+    ("duration",) if "duration" in wsm.TaskState.__dataclass_fields__ else ()
 )
 
 
@@ -954,7 +967,15 @@ def _task_record(ts: Any) -> tuple:
         ts.prefix,
         ts.start_time,
         ts.stop_time,
-    )
+    ) + _release_task_record(ts)
+
+
+if "duration" in _TASK_FIELDS:
+    def _release_task_record(ts: Any) -> tuple:
+        return (ts.duration,)
+else:
+    def _release_task_record(ts: Any) -> tuple:
+        return ()
 
 
 def _heap_keys(heap: Any) -> list:

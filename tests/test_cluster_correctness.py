@@ -1,14 +1,18 @@
-"""Real graphs on process clusters: stock distributed.Nanny vs fastworker.Nanny
-(with and without fastworker.SchedulerPlugin on the scheduler).
+"""Real graphs on clusters: stock distributed vs fastworker.
 
-Each test body runs once per configuration; all must compute the same, known
-results. Every worker's state is checked with ``validate_state()`` after each test
+Most tests run on process clusters, once per configuration (distributed.Nanny,
+fastworker.Nanny, and fastworker.Nanny with fastworker.SchedulerPlugin on the
+scheduler); all must compute the same, known results. The last section runs
+in-process workers given the state class through distributed's own
+``WorkerStateClass`` keyword (LocalCluster and Worker), once per implementation.
+Every worker's state is checked with ``validate_state()`` after each test
 on the shared cluster; the clusters of the resource, pause and fault tests run with
 ``distributed.worker.validate`` (a check after every stimulus, quadratic in the
 number of tasks, hence not on the shared cluster's 20,000-task graphs).
 """
 from __future__ import annotations
 
+import asyncio
 import operator
 import os
 import time
@@ -22,7 +26,18 @@ import dask
 import dask.array as da
 import distributed
 from dask import delayed
-from distributed import Client, Event, LocalCluster, get_client, get_worker, secede, rejoin, wait
+from distributed import (
+    Client,
+    Event,
+    LocalCluster,
+    Scheduler,
+    Worker,
+    get_client,
+    get_worker,
+    rejoin,
+    secede,
+    wait,
+)
 
 import fastworker
 
@@ -216,6 +231,18 @@ def cancel_while_running(client):
     started.wait(30)
     key = future.key
     future.cancel()
+    assert future.cancelled()
+
+    def state_of_key(dask_worker):
+        ts = dask_worker.state.tasks.get(key)
+        return ts.state if ts is not None else None
+
+    # The worker cannot stop the running task: it keeps it as cancelled until it
+    # ends, and meanwhile runs others.
+    deadline = time.monotonic() + 30
+    while "cancelled" not in client.run(state_of_key).values():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert client.submit(inc, 41, pure=False).result() == 42
     ev.set()
 
@@ -245,7 +272,7 @@ def test_introspection_http_and_cluster_dump(client, tmp_path):
     stories = client.story(future.key)
     # The worker's part of the story: (worker, key, start, finish, ...).
     assert any(s[0] != "scheduler" and s[2:4] == ("executing", "memory") for s in stories)
-    dump = client.dump_cluster_state(str(tmp_path / "dump"), format="yaml")
+    client.dump_cluster_state(str(tmp_path / "dump"), format="yaml")
     assert (tmp_path / "dump.yaml").exists()
     text = (tmp_path / "dump.yaml").read_text()
     assert future.key in text or str(future.key) in text
@@ -367,3 +394,40 @@ def test_peer_refuses_or_drops_a_gather(kind, fault):
         calls = client.run(lambda dask_worker: len(dask_worker._test_gather_calls), workers=[a])[a]
         assert calls == 3  # refused or dropped twice, served the third time
         validate_workers(client)
+
+
+# --- in-process workers through WorkerStateClass ------------------------------------------
+
+
+def test_in_process_workers_with_worker_state_class(impl):
+    """LocalCluster(WorkerStateClass=...): two in-process workers (dependencies also
+    travel between them), checking their state after every stimulus."""
+    with dask.config.set({"distributed.worker.validate": True}):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0",
+            WorkerStateClass=impl.WorkerState,
+        )
+    with cluster, Client(cluster) as client:
+        kinds = client.run(lambda dask_worker: type(dask_worker.state))
+        assert set(kinds.values()) == {impl.WorkerState}
+        futures = client.map(operator.add, range(2_000), range(2_000))
+        assert client.gather(futures) == [2 * i for i in range(2_000)]
+        x = da.ones((400, 400), chunks=(20, 20))
+        assert (x + x.T).mean(axis=0).compute().tolist() == [2.0] * 400
+        total = tree_sum([delayed(inc)(i) for i in range(600)]).compute()
+        assert total == sum(range(1, 601))
+        cancel_while_running(client)
+        validate_workers(client)
+
+
+def test_worker_state_class_keyword_of_worker(impl):
+    """Worker(scheduler_address, WorkerStateClass=...), as the README documents."""
+
+    async def main():
+        async with Scheduler(dashboard_address=":0") as s:
+            async with Worker(s.address, WorkerStateClass=impl.WorkerState) as w:
+                async with Client(s.address, asynchronous=True) as c:
+                    assert await c.submit(operator.add, 20, 22) == 42
+                    assert isinstance(w.state, impl.WorkerState)
+
+    asyncio.run(main())

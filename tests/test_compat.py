@@ -11,6 +11,8 @@ import pytest
 
 import fastworker
 from fastworker.compat import (
+    NEWEST_DISTRIBUTED,
+    OLDEST_DISTRIBUTED,
     UnsupportedVersionError,
     UnsupportedVersionWarning,
     check_distributed_version,
@@ -30,21 +32,43 @@ def test_version_string():
     assert fastworker.__version__.count(".") >= 2
 
 
-def test_pins_match_supported_releases():
-    """The package metadata pins exactly the releases SUPPORTED_* names."""
+def test_dependency_range_matches_supported_releases():
+    """The package metadata asks for the range SUPPORTED_* spans, and the run-time
+    check agrees with it on every release of the range and just outside it."""
     from importlib.metadata import requires
 
+    from packaging.requirements import Requirement
+
     reqs = {
-        name.strip(): pin.strip()
-        for name, pin in (
-            r.split("==") for r in requires("fastworker") if "==" in r and "extra" not in r
-        )
+        r.name: r.specifier
+        for r in map(Requirement, requires("fastworker"))
+        if r.marker is None
     }
-    assert reqs["distributed"] in fastworker.SUPPORTED_DISTRIBUTED
-    assert reqs["dask"] in fastworker.SUPPORTED_DASK
+    for name in ("dask", "distributed"):
+        assert str(reqs[name]) in (
+            f"<={NEWEST_DISTRIBUTED},>={OLDEST_DISTRIBUTED}",
+            f">={OLDEST_DISTRIBUTED},<={NEWEST_DISTRIBUTED}",
+        )
+    for release in fastworker.SUPPORTED_DISTRIBUTED:
+        assert release in reqs["distributed"] and is_supported(release)
+    for release in ("2024.10.0", "2026.8.1", "2026.9.0"):
+        assert release not in reqs["distributed"] and not is_supported(release)
 
 
-@pytest.mark.parametrize("release", ["2024.1.0", "2026.9.0", "2026.8.0.dev1"])
+def test_supported_releases_are_ordered_and_distinct():
+    releases = fastworker.SUPPORTED_DISTRIBUTED
+    keys = [tuple(map(int, r.split("."))) for r in releases]
+    assert keys == sorted(set(keys))
+    assert (releases[0], releases[-1]) == (OLDEST_DISTRIBUTED, NEWEST_DISTRIBUTED)
+    dask_for = fastworker.compat.DASK_FOR_DISTRIBUTED
+    assert fastworker.SUPPORTED_DASK == tuple(
+        dict.fromkeys(dask_for.get(r, r) for r in releases)
+    )
+
+
+@pytest.mark.parametrize(
+    "release", ["2024.1.0", "2024.10.0", "2026.8.1", "2026.9.0", "2026.8.0.dev1"]
+)
 def test_unsupported_release_warns_and_logs(release, caplog):
     assert not is_supported(release)
     with caplog.at_level(logging.WARNING, logger="distributed.fastworker"):
@@ -57,7 +81,7 @@ def test_unsupported_release_warns_and_logs(release, caplog):
 
 
 def test_unsupported_release_strict_raises():
-    with pytest.raises(UnsupportedVersionError, match="supports distributed 2026.8.0 only"):
+    with pytest.raises(UnsupportedVersionError, match="supports distributed 2024.11.0 to 2026.8.0"):
         check_distributed_version("2023.1.0", strict=True)
 
 

@@ -13,8 +13,8 @@ divergent step and field, and prints the stream prefix (configuration and events
 as Python) that reproduces it; hypothesis first shrinks the stream.
 
 Implementations under test: a trivial Python subclass of stock's WorkerState (the
-harness must find nothing there) and fastworker's compiled WorkerState (skipped
-while ``fastworker.WorkerState`` does not exist). ``test_broken_*`` check that
+harness must find nothing there) and fastworker's compiled WorkerState.
+``test_broken_*`` check that
 deliberately broken subclasses are caught; ``test_generator_coverage`` that the
 generator reaches every task state and every event class stock handles.
 
@@ -65,7 +65,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 import distributed.worker_state_machine as stock_wsm
 from distributed.worker_state_machine import GatherDep, ReleaseWorkerDataMsg
 
-from conftest import FASTWORKER, STOCK
+from helpers import FASTWORKER, STOCK
 from stimuli import (
     ALL_STATES,
     HANDLED_EVENTS,
@@ -134,13 +134,7 @@ def check_stream(stream, ws_cls: type, *, minimise_seconds: float | None = None)
 
 IMPLEMENTATIONS = [
     pytest.param(StockSubclass, id="stock-subclass"),
-    pytest.param(
-        FASTWORKER.WorkerState,
-        id="fastworker",
-        marks=pytest.mark.skipif(
-            FASTWORKER.WorkerState is None, reason="fastworker has no WorkerState yet"
-        ),
-    ),
+    pytest.param(FASTWORKER.WorkerState, id="fastworker"),
 ]
 
 _SETTINGS = settings(
@@ -387,9 +381,6 @@ def main(argv=None) -> int:
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.CRITICAL)
     targets = []
     if args.impl in ("fastworker", "both"):
-        if FASTWORKER.WorkerState is None:
-            print("fastworker has no WorkerState yet", file=sys.stderr)
-            return 2
         targets.append(FASTWORKER.WorkerState)
     if args.impl in ("subclass", "both"):
         targets.append(StockSubclass)

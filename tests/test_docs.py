@@ -67,3 +67,12 @@ def test_dispatch_page_table_is_that_of_its_results():
     rows = record["dispatch"]["rows"]
     assert {r["workers"] for r in rows} == {1, 2, 4, 8, 16}
     assert all("fastworker+plugin" in r["medians"] for r in rows)
+
+
+def test_benchmark_page_names_the_measured_release():
+    """The benchmark page says which distributed release its run measured."""
+    with open(os.path.join(RUN_DIR, "results.json")) as f:
+        env = json.load(f)["environment"]
+    with open(os.path.join(DOCS, "benchmarks.md")) as f:
+        page = f.read()
+    assert f"This run measured **distributed {env['distributed']}** (dask {env['dask']})" in page

@@ -45,12 +45,12 @@ def lifecycle(ws, start: int, n: int) -> None:
     assert not ws.tasks and not ws.data
 
 
-def test_lifecycle_leaves_memory_at_baseline(ws_impl):
+def test_lifecycle_leaves_memory_at_baseline(impl):
     gc.collect()
-    live_before = len(ws_impl.TaskState._instances)
+    live_before = len(impl.TaskState._instances)
     # Logs off: they are bounded (maxlen) but their entries vary in size.
     with dask.config.set({"distributed.admin.low-level-log-length": 0}):
-        ws = ws_impl.WorkerState(address="127.0.0.1:1", nthreads=1, validate=False)
+        ws = impl.WorkerState(address="127.0.0.1:1", nthreads=1, validate=False)
     lifecycle(ws, 0, 2 * BATCH)  # warm up: logs fill to their maxlen, caches fill
     # dask's key_split keeps an LRU cache of up to 100,000 keys: not ours, emptied
     key_split.cache_clear()
@@ -67,4 +67,4 @@ def test_lifecycle_leaves_memory_at_baseline(ws_impl):
         tracemalloc.stop()
     # A leak of even 10 bytes per task would show as TASKS * 10.
     assert grown < 50_000, f"{grown:,} bytes kept after {TASKS:,} tasks"
-    assert len(ws_impl.TaskState._instances) == live_before
+    assert len(impl.TaskState._instances) == live_before

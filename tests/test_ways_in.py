@@ -130,7 +130,10 @@ def test_select_state_class_guards(monkeypatch, caplog):
     monkeypatch.setattr(fastworker.compat, "distributed_version", lambda: "2099.1.0")
     assert fw_worker.select_state_class("w") is StockWorkerState
     (warning,) = refusals(caplog)
-    assert "supports distributed 2026.8.0 only, but distributed 2099.1.0 is installed" in warning
+    assert (
+        "supports distributed 2024.11.0 to 2026.8.0 only, but distributed 2099.1.0 is installed"
+        in warning
+    )
 
 
 def test_config_key_has_a_default_and_reads_the_environment():
@@ -266,8 +269,10 @@ def test_worker_class_in_process_and_explicit_state_class_wins():
     run(main())
 
 
-def test_preload_hook_on_a_scheduler_adds_the_scheduler_plugin(caplog):
+def test_preload_hook_on_a_scheduler_adds_the_scheduler_plugin(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger=LOGGER)
+    # The rule is logged once per process: forget earlier tests' scheduler streams.
+    monkeypatch.setattr(fastworker.dispatch, "_logged_rule", set())
 
     async def main():
         async with Scheduler(dashboard_address=":0", preload=["fastworker"]) as s:

@@ -2,7 +2,7 @@
 
 The API, construction, dumps and pickling are in test_worker_state_api.py.
 
-Each test body runs on stock's WorkerState and on fastworker's (``ws``/``ws_impl``).
+Each test body runs on stock's WorkerState and on fastworker's (``ws``/``impl``).
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def test_compute_execute_release(ws):
     ]
 
 
-def test_ready_order_mixed_priorities(ws_impl):
-    ws = ws_impl.WorkerState(address="127.0.0.1:1", nthreads=1)
+def test_ready_order_mixed_priorities(impl):
+    ws = impl.WorkerState(address="127.0.0.1:1", nthreads=1)
     ws.handle_stimulus(PauseEvent(stimulus_id="pause"))
     for key, prio in [("a", (1,)), ("b", (0, 5)), ("c", (0.5,)), ("d", (0, 5)), ("e", (-1, 2, 3))]:
         ws.handle_stimulus(ComputeTaskEvent.dummy(key, priority=prio, stimulus_id=key))
@@ -81,7 +81,7 @@ def test_ready_order_mixed_priorities(ws_impl):
     assert order == ["e", "d", "b", "c", "a"]
 
 
-def test_plugins_notified_of_requested_transitions(ws_impl):
+def test_plugins_notified_of_requested_transitions(impl):
     calls = []
 
     class Recorder(WorkerPlugin):
@@ -98,7 +98,7 @@ def test_plugins_notified_of_requested_transitions(ws_impl):
     inst = InstanceAttribute()
     inst.transition = lambda *args: calls.append(("instance", *args))
     plugins = {"rec": Recorder(), "bad": Failing(), "noop": WorkerPlugin(), "inst": inst}
-    ws = ws_impl.WorkerState(address="127.0.0.1:1", plugins=plugins, resources={"R": 1})
+    ws = impl.WorkerState(address="127.0.0.1:1", plugins=plugins, resources={"R": 1})
     ws.handle_stimulus(
         ComputeTaskEvent.dummy("x", resource_restrictions={"R": 1}, stimulus_id="s")
     )
@@ -132,8 +132,8 @@ def test_unknown_event_type_raises_type_error(ws):
         ws.handle_stimulus(Unknown(stimulus_id="s"))
 
 
-def test_transition_counter_max(ws_impl):
-    ws = ws_impl.WorkerState(address="127.0.0.1:1", transition_counter_max=3)
+def test_transition_counter_max(impl):
+    ws = impl.WorkerState(address="127.0.0.1:1", transition_counter_max=3)
     with pytest.raises(TransitionCounterMaxExceeded):
         ws.handle_stimulus(ComputeTaskEvent.dummy("x", stimulus_id="s"))
     assert ws.transition_counter == 3

@@ -1,8 +1,7 @@
 """API parity of ``fastworker.WorkerState`` with stock's, as cytoolz checks it mirrors toolz.
 
-Member-by-member comparisons need both classes and are skipped while fastworker has
-no WorkerState; behavioural checks run once per implementation (``ws`` /
-``ws_impl`` fixtures) and assert stock's behaviour: shared-by-reference collections,
+Member-by-member comparisons take both classes; behavioural checks run once per
+implementation (``ws`` / ``impl`` fixtures) and assert stock's behaviour: shared-by-reference collections,
 attributes rebound on a live state and re-read, pickling, ``_to_dict``, subclassing.
 """
 from __future__ import annotations
@@ -36,7 +35,7 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from conftest import FASTWORKER
+from helpers import FASTWORKER, RELEASE_COMPUTE_FIELDS
 
 ADDR = "127.0.0.1:1"
 W2 = "127.0.0.2:1"
@@ -56,8 +55,6 @@ def public_members(obj) -> set[str]:
 
 @pytest.fixture
 def fast_cls():
-    if FASTWORKER.WorkerState is None:
-        pytest.skip("fastworker has no WorkerState yet")
     return FASTWORKER.WorkerState
 
 
@@ -116,7 +113,25 @@ def test_member_kinds_match(fast_cls, name):
         assert isinstance(fast_attr, type(stock_attr))
 
 
+#: Where each constructor parameter of stock's WorkerState lands, and a value for it.
+CONSTRUCTOR = {
+    "nthreads": (3, ("nthreads",)),
+    "address": ("127.0.0.9:9", ("address",)),
+    "data": ({}, ("data",)),
+    "threads": ({}, ("threads",)),
+    "plugins": ({}, ("plugins",)),
+    "resources": ({"GPU": 2}, ("total_resources", "available_resources")),
+    "transfer_incoming_count_limit": (4, ("transfer_incoming_count_limit",)),
+    "validate": (False, ("validate",)),
+    "transition_counter_max": (77, ("transition_counter_max",)),
+    "transfer_incoming_bytes_limit": (1234, ("transfer_incoming_bytes_limit",)),
+    "transfer_message_bytes_limit": (567, ("transfer_message_bytes_limit",)),
+}
+
+
 def test_constructor_signature(fast_cls):
+    """The signature shown is stock's; the tests below check that it describes the
+    compiled constructor (which has no introspectable signature of its own)."""
     stock_sig = inspect.signature(StockWorkerState)
     fast_sig = inspect.signature(fast_cls)
 
@@ -127,18 +142,41 @@ def test_constructor_signature(fast_cls):
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in stock_sig.parameters.values())
 
 
-def test_constructor_is_keyword_only(ws_impl):
+@pytest.mark.parametrize("name", list(inspect.signature(StockWorkerState).parameters))
+def test_constructor_takes_each_stock_parameter(fast_cls, name):
+    """Each of stock's parameters, passed alone to the compiled constructor, lands
+    where it lands in stock; left out, its default gives stock's value."""
+    assert name in CONSTRUCTOR, f"stock has a new constructor parameter {name!r}"
+    value, attrs = CONSTRUCTOR[name]
+    stock_ws, fast_ws = StockWorkerState(**{name: value}), fast_cls(**{name: value})
+    for attr in attrs:
+        assert getattr(fast_ws, attr) == getattr(stock_ws, attr) == value, attr
+        if isinstance(value, dict) and name != "resources":
+            assert getattr(fast_ws, attr) is value  # held by reference
+    default = inspect.signature(fast_cls).parameters[name].default
+    stock_ws, fast_ws = StockWorkerState(), fast_cls()
+    for attr in attrs:
+        if name == "address":  # left unset while None, in both
+            assert not hasattr(stock_ws, attr) and not hasattr(fast_ws, attr)
+            continue
+        expected = getattr(stock_ws, attr)
+        assert getattr(fast_ws, attr) == expected, attr
+        if default is not None:
+            assert expected == default, attr
+
+
+def test_constructor_is_keyword_only(impl):
     with pytest.raises(TypeError):
-        ws_impl.WorkerState(1)
+        impl.WorkerState(1)
     with pytest.raises(TypeError):
-        ws_impl.WorkerState(bogus=1)
+        impl.WorkerState(bogus=1)
 
 
 # --------------------------------------------------------------------------- construction
 
 
-def test_constructor_defaults(ws_impl):
-    ws = ws_impl.WorkerState()
+def test_constructor_defaults(impl):
+    ws = impl.WorkerState()
     with pytest.raises(AttributeError):
         ws.address  # left unset when not given
     ws.address = ADDR  # as Worker.start_unsafe does
@@ -171,9 +209,9 @@ def test_constructor_defaults(ws_impl):
     assert ws.handle_stimulus() == []
 
 
-def test_constructor_arguments(ws_impl):
+def test_constructor_arguments(impl):
     resources = {"R": 2}
-    ws = ws_impl.WorkerState(
+    ws = impl.WorkerState(
         nthreads=3, address=ADDR, resources=resources, transfer_incoming_count_limit=4,
         validate=False, transition_counter_max=99, transfer_incoming_bytes_limit=500,
         transfer_message_bytes_limit=50,
@@ -191,24 +229,24 @@ def test_constructor_arguments(ws_impl):
     assert ws.total_resources == {"R": 2}
 
 
-def test_empty_address_left_unset(ws_impl):
-    ws = ws_impl.WorkerState(address="")
+def test_empty_address_left_unset(impl):
+    ws = impl.WorkerState(address="")
     with pytest.raises(AttributeError):
         ws.address
 
 
-def test_log_length_from_config(ws_impl):
+def test_log_length_from_config(impl):
     with dask.config.set({"distributed.admin.low-level-log-length": 3}):
-        ws = ws_impl.WorkerState(address=ADDR)
+        ws = impl.WorkerState(address=ADDR)
     assert ws.log.maxlen == ws.stimulus_log.maxlen == 3
     ws.handle_stimulus(compute("x", "s1"), compute("y", "s2"))
     assert len(ws.log) == 3 and len(ws.stimulus_log) == 2
     assert [e[0] for e in ws.log] == ["y", "y", "y"]
 
 
-def test_shared_by_reference(ws_impl):
+def test_shared_by_reference(impl):
     data, threads, plugins = {}, {}, {}
-    ws = ws_impl.WorkerState(address=ADDR, data=data, threads=threads, plugins=plugins)
+    ws = impl.WorkerState(address=ADDR, data=data, threads=threads, plugins=plugins)
     assert ws.data is data and ws.threads is threads and ws.plugins is plugins
     ws.handle_stimulus(compute("x", "s1"))
     threads["x"] = 123
@@ -219,11 +257,11 @@ def test_shared_by_reference(ws_impl):
     assert data == {} and threads == {}  # purged in place
 
 
-def test_empty_shared_collections_are_kept(ws_impl):
+def test_empty_shared_collections_are_kept(impl):
     """An empty mapping passed in is used as is (``is not None``, not truthiness)."""
     data = {}
-    assert ws_impl.WorkerState(data=data).data is data
-    a, b = ws_impl.WorkerState(), ws_impl.WorkerState()
+    assert impl.WorkerState(data=data).data is data
+    a, b = impl.WorkerState(), impl.WorkerState()
     assert a.data is not b.data and a.threads is not b.threads
 
 
@@ -314,16 +352,16 @@ def test_transfer_limits_rebound(ws):
     assert ws.handle_stimulus(acquire("c", [W3], "s7")) == []
 
 
-def test_validate_rebound(ws_impl):
+def test_validate_rebound(impl):
     # a compute-task whose who_has and nbytes disagree trips a validate-only assert
     bad = ComputeTaskEvent.dummy("x", who_has={"a": [W2]}, stimulus_id="s1")
     bad.nbytes = {}  # dummy() would fill an empty nbytes in from who_has
-    ws = new_state(ws_impl.WorkerState)
+    ws = new_state(impl.WorkerState)
     ws.validate = False
     assert ws.handle_stimulus(bad) == [Execute(key="x", stimulus_id="s1")]
     assert "a" not in ws.tasks
 
-    ws = new_state(ws_impl.WorkerState, validate=False)
+    ws = new_state(impl.WorkerState, validate=False)
     ws.validate = True
     with pytest.raises(AssertionError):
         ws.handle_stimulus(bad)
@@ -351,8 +389,8 @@ def test_plugins_rebound(ws):
     ]
 
 
-def test_address_rebound(ws_impl):
-    ws = new_state(ws_impl.WorkerState, address=None)
+def test_address_rebound(impl):
+    ws = new_state(impl.WorkerState, address=None)
     ws.address = "127.0.0.9:1"
     ws.handle_stimulus(PauseEvent(stimulus_id="s1"))
     ws.handle_stimulus(acquire("a", [LOCAL], "s2"), acquire("b", ["127.0.0.9:5"], "s3"))
@@ -484,6 +522,7 @@ def test_to_dict(ws):
                 "cls": "ComputeTaskEvent", "actor": False, "annotations": {}, "key": "x",
                 "nbytes": {}, "priority": [0], "resource_restrictions": {}, "run_id": 0,
                 "run_spec": None, "span_id": None, "stimulus_id": "s1", "who_has": {},
+                **RELEASE_COMPUTE_FIELDS,
             },
             {"cls": "UpdateDataEvent", "data": {"y": None}, "stimulus_id": "s2"},
             {
@@ -495,7 +534,8 @@ def test_to_dict(ws):
         "task_cumulative_elapsed": ["['x', 'executing']", "['y', 'memory']", "['z', 'flight']"],
         "tasks": {
             # run_id 0 is falsy and dropped; run_spec (a dask Task) is callable, dropped
-            "x": {"key": "x", "priority": [0, 0], "state": "executing"},
+            "x": {"key": "x", "priority": [0, 0], "state": "executing",
+                  **RELEASE_COMPUTE_FIELDS},
             "y": {"key": "y", "nbytes": 28, "run_id": -1, "state": "memory"},
             "z": {
                 "coming_from": W2, "key": "z", "nbytes": 10, "priority": [1],
@@ -527,10 +567,10 @@ def test_to_dict_equal_between_implementations(fast_cls):
 # --------------------------------------------------------------------------- subclassing
 
 
-def test_subclass_overriding_transition(ws_impl):
+def test_subclass_overriding_transition(impl):
     calls = []
 
-    class Sub(ws_impl.WorkerState):
+    class Sub(impl.WorkerState):
         def _transition(self, ts, finish, *args, stimulus_id):
             calls.append((ts.key, finish if isinstance(finish, str) else finish[0], args))
             return super()._transition(ts, finish, *args, stimulus_id=stimulus_id)
@@ -553,10 +593,10 @@ def test_subclass_overriding_transition(ws_impl):
     ws.validate_state()
 
 
-def test_subclass_overriding_handle_event(ws_impl):
+def test_subclass_overriding_handle_event(impl):
     seen = []
 
-    class Sub(ws_impl.WorkerState):
+    class Sub(impl.WorkerState):
         def _handle_event(self, ev):
             seen.append(type(ev).__name__)
             return super()._handle_event(ev)
@@ -567,33 +607,33 @@ def test_subclass_overriding_handle_event(ws_impl):
     assert ws.tasks["x"].state == "memory"
 
 
-def test_subclass_has_instance_dict(ws_impl):
-    class Sub(ws_impl.WorkerState):
+def test_subclass_has_instance_dict(impl):
+    class Sub(impl.WorkerState):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.extra = "yes"
 
     ws = new_state(Sub)
     assert ws.extra == "yes"
-    assert isinstance(ws, ws_impl.WorkerState)
+    assert isinstance(ws, impl.WorkerState)
 
 
-def test_handle_event_patched_on_class(ws_impl):
+def test_handle_event_patched_on_class(impl):
     """distributed's test_utils_test patches WorkerState._handle_event on the class.
 
     A compiled class is immutable: patch a Python subclass of it instead (whose
     override is honoured, see test_subclass_overriding_handle_event)."""
-    if ws_impl.name == "fastworker":
+    if impl.name == "fastworker":
         pytest.xfail("compiled extension types cannot be patched; patch a subclass")
 
     class Boom(Exception):
         pass
 
-    with mock.patch.object(ws_impl.WorkerState, "_handle_event", side_effect=Boom):
-        ws = new_state(ws_impl.WorkerState)
+    with mock.patch.object(impl.WorkerState, "_handle_event", side_effect=Boom):
+        ws = new_state(impl.WorkerState)
         with pytest.raises(Boom):
             ws.handle_stimulus(compute("x", "s1"))
-    ws = new_state(ws_impl.WorkerState)
+    ws = new_state(impl.WorkerState)
     assert ws.handle_stimulus(compute("x", "s1")) == [Execute(key="x", stimulus_id="s1")]
 
 
@@ -627,15 +667,15 @@ class ShadowingCompute(ComputeTaskEvent):
 
 
 @pytest.mark.parametrize("cls", [ComputeTaskEvent, ExtraSlotCompute, ShadowingCompute])
-def test_stimulus_log_entries_are_shallow_copies(ws_impl, cls):
+def test_stimulus_log_entries_are_shallow_copies(impl, cls):
     """The logged form of a compute/success/gather event is a new instance holding the
     same field objects, payload blanked, the handled event itself untouched (stock's
     copy.copy); subclasses that add slots or shadow one with a property included."""
-    ws = new_state(ws_impl.WorkerState)
+    ws = new_state(impl.WorkerState)
     ev = cls(
         key="x", run_id=1, who_has={}, nbytes={}, priority=(0,), run_spec="spec",
         resource_restrictions={}, actor=False, annotations={"a": 1}, span_id=None,
-        stimulus_id="s1",
+        stimulus_id="s1", **RELEASE_COMPUTE_FIELDS,
     )
     if cls is ExtraSlotCompute:
         ev.note = ["note"]
@@ -664,13 +704,13 @@ def test_stimulus_log_entries_are_shallow_copies(ws_impl, cls):
     assert logged.type is object and logged.stimulus_id == "s2"
 
 
-def test_tasks_made_by_the_state_machine_have_constructor_defaults(ws_impl):
+def test_tasks_made_by_the_state_machine_have_constructor_defaults(impl):
     """A task the machine creates (here a dependency to fetch) starts with the same
     field values as ``TaskState(key)``, except what the machine then set."""
-    ws = new_state(ws_impl.WorkerState)
+    ws = new_state(impl.WorkerState)
     ws.handle_stimulus(compute("x", "s1", who_has={"a": [W2]}, nbytes={"a": 1}))
     made = ws.tasks["a"]
-    fresh = ws_impl.TaskState("a")
+    fresh = impl.TaskState("a")
     for name in (
         "run_id", "run_spec", "dependencies", "waiting_for_data", "previous",
         "next", "resource_restrictions", "exception", "traceback", "exception_text",
@@ -681,7 +721,7 @@ def test_tasks_made_by_the_state_machine_have_constructor_defaults(ws_impl):
         assert type(getattr(made, name)) is type(getattr(fresh, name)), name
     x = ws.tasks["x"]
     assert made.dependents == made.waiters == {x} and made.who_has == {W2}
-    assert made in ws_impl.TaskState._instances
+    assert made in impl.TaskState._instances
     assert x.dependencies == x.waiting_for_data == {made}
     # an empty set is the task's own, kept, and mutable
     assert made.waiting_for_data is made.waiting_for_data
@@ -695,8 +735,6 @@ def test_hot_instructions_are_built_slot_by_slot():
     instructions equal what their own constructors make."""
     from fastworker import workerstate
 
-    if FASTWORKER.WorkerState is None:
-        pytest.skip("fastworker has no WorkerState yet")
     assert all(workerstate._fast_paths().values())
     ws = new_state(FASTWORKER.WorkerState)
     instructions = ws.handle_stimulus(compute("x", "s1"))
@@ -714,14 +752,14 @@ def test_hot_instructions_are_built_slot_by_slot():
     assert repr(instructions[2]) == "ReleaseWorkerDataMsg(stimulus_id='s3', key='x')"
 
 
-def test_debug_messages_follow_the_logger_level_between_calls(ws_impl, caplog):
+def test_debug_messages_follow_the_logger_level_between_calls(impl, caplog):
     """Debug messages are emitted exactly while the state machine's logger is
     enabled for DEBUG, re-read on every handle_stimulus call (level changes and
     ``disabled`` included)."""
     import logging
 
     log = logging.getLogger("distributed.worker.state_machine")
-    ws = new_state(ws_impl.WorkerState)
+    ws = new_state(impl.WorkerState)
 
     def purges(*stims):
         caplog.clear()

@@ -37,7 +37,7 @@ from distributed.worker_state_machine import (
     GatherDepNetworkFailureEvent,
     GatherDepSuccessEvent,
     InvalidTransition,
-    LongRunningMsg,
+
     PauseEvent,
     RefreshWhoHasEvent,
     ReleaseWorkerDataMsg,
@@ -59,7 +59,7 @@ from distributed.worker_state_machine import (
     UpdateDataEvent,
 )
 
-from conftest import strip  # noqa: E402
+from helpers import long_running_msg, strip  # noqa: E402
 
 ADDR = "127.0.0.1:1"  # the ws fixture's own address
 W2 = "127.0.0.2:1"  # peers on other hosts
@@ -843,7 +843,7 @@ def test_remove_worker(ws):
 def test_secede(ws):
     ws.handle_stimulus(compute("x", "s1", run_id=4), compute("y", "s2"))
     assert ws.handle_stimulus(SecedeEvent(key="x", compute_duration=1.5, stimulus_id="s3")) == [
-        LongRunningMsg(key="x", run_id=4, compute_duration=1.5, stimulus_id="s3"),
+        long_running_msg(key="x", run_id=4, compute_duration=1.5, stimulus_id="s3"),
         Execute(key="y", stimulus_id="s3"),
     ]
     x, y = ws.tasks["x"], ws.tasks["y"]
@@ -1389,12 +1389,12 @@ def test_logs_and_stimulus_story(ws):
 
 
 
-def test_unknown_finish_state_raises_invalid_transition(ws_impl):
+def test_unknown_finish_state_raises_invalid_transition(impl):
     """As distributed's test_invalid_transitions, which makes ``_handle_event``
     recommend a state that does not exist: the leg to released happens, the second
     leg fails, and the outer error names the requested pair."""
 
-    class Sub(ws_impl.WorkerState):
+    class Sub(impl.WorkerState):
         recs = None
 
         def _handle_event(self, ev):

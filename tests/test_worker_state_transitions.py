@@ -36,7 +36,7 @@ from distributed.worker_state_machine import (
     GatherDepFailureEvent,
     GatherDepNetworkFailureEvent,
     GatherDepSuccessEvent,
-    LongRunningMsg,
+
     RefreshWhoHasEvent,
     ReleaseWorkerDataMsg,
     RemoveWorkerEvent,
@@ -52,7 +52,7 @@ from distributed.worker_state_machine import (
 )
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from conftest import strip  # noqa: E402
+from helpers import long_running_msg, strip  # noqa: E402
 
 ADDR = "127.0.0.1:1"
 W2 = "127.0.0.2:1"
@@ -151,7 +151,7 @@ def to_executing(ws, key="x"):
 def to_long_running(ws):
     to_executing(ws)
     assert ws.handle_stimulus(SecedeEvent(key="x", compute_duration=2.0, stimulus_id="b2")) == [
-        LongRunningMsg(key="x", run_id=1, compute_duration=2.0, stimulus_id="b2")
+        long_running_msg(key="x", run_id=1, compute_duration=2.0, stimulus_id="b2")
     ]
 
 
@@ -393,7 +393,7 @@ def cancelled_executing_recomputed(ws):
 def cancelled_long_running_recomputed(ws):
     to_cancelled_long_running(ws)
     assert ws.handle_stimulus(compute("x", "s1", run_id=2)) == [
-        LongRunningMsg(key="x", run_id=2, compute_duration=None, stimulus_id="s1")
+        long_running_msg(key="x", run_id=2, compute_duration=None, stimulus_id="s1")
     ]
     assert state_of(ws) == "long-running"
 
@@ -566,7 +566,7 @@ def executing_fails(ws):
 def executing_secedes(ws):
     to_executing(ws)
     assert ws.handle_stimulus(SecedeEvent(key="x", compute_duration=0.5, stimulus_id="s1")) == [
-        LongRunningMsg(key="x", run_id=1, compute_duration=0.5, stimulus_id="s1")
+        long_running_msg(key="x", run_id=1, compute_duration=0.5, stimulus_id="s1")
     ]
     assert state_of(ws) == "long-running"
 
@@ -931,7 +931,7 @@ def test_acquire_on_long_running_task_resumes(ws):
     assert state_of(ws) == ("resumed", "long-running", "fetch")
     # compute-task again: back to long-running, the scheduler hears it in arrears
     assert ws.handle_stimulus(compute("x", "s2", run_id=5)) == [
-        LongRunningMsg(key="x", run_id=5, compute_duration=None, stimulus_id="s2")
+        long_running_msg(key="x", run_id=5, compute_duration=None, stimulus_id="s2")
     ]
     assert state_of(ws) == "long-running"
     assert strip(ws.story("x"))[-4:] == [
