@@ -80,8 +80,13 @@ def record_stream(server, log: list, tag=None) -> None:
         server.stream_handlers[op] = wrapper
 
 
-# Fields that carry times, thread ids or per-run counters, not the content compared.
-_VOLATILE = {"stimulus_id", "startstops", "thread", "run_id", "worker", "metadata", "now", "span_id"}
+# Fields that carry times, thread ids or per-run counters, not the content compared
+# ("duration": the scheduler's measured estimate that compute-task carries up to
+# distributed 2025.1.0).
+_VOLATILE = {
+    "stimulus_id", "startstops", "thread", "run_id", "worker", "metadata", "now", "span_id",
+    "duration",
+}
 
 
 def normalize(entry, addresses=()):
