@@ -37,24 +37,10 @@ def test_docs_build_without_warnings(tmp_path):
     assert "Low-latency dispatch" in bench and "fastworker+plugin" in bench
 
 
-def test_benchmark_page_table_is_that_of_its_results(tmp_path):
-    """docs/benchmark-run/table.md is what report.py makes of the results.json beside it."""
+def _table_matches_results(run_dir):
+    """``run_dir``/table.md is what report.py makes of the results.json beside it;
+    returns that record."""
     pytest.importorskip("matplotlib")
-    with open(os.path.join(RUN_DIR, "results.json")) as f:
-        record = json.load(f)
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import report
-    finally:
-        sys.path.pop(0)
-    with open(os.path.join(RUN_DIR, "table.md")) as f:
-        assert f.read() == report.markdown_report(record)
-    assert record["rows"] and record["e2e"]["rows"]
-
-
-def test_dispatch_page_table_is_that_of_its_results():
-    """docs/dispatch-run/table.md likewise, for the low-latency dispatch rows."""
-    run_dir = os.path.join(DOCS, "dispatch-run")
     with open(os.path.join(run_dir, "results.json")) as f:
         record = json.load(f)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -64,6 +50,18 @@ def test_dispatch_page_table_is_that_of_its_results():
         sys.path.pop(0)
     with open(os.path.join(run_dir, "table.md")) as f:
         assert f.read() == report.markdown_report(record)
+    return record
+
+
+def test_benchmark_page_table_is_that_of_its_results(tmp_path):
+    """docs/benchmark-run/table.md is what report.py makes of the results.json beside it."""
+    record = _table_matches_results(RUN_DIR)
+    assert record["rows"] and record["e2e"]["rows"]
+
+
+def test_dispatch_page_table_is_that_of_its_results():
+    """docs/dispatch-run/table.md likewise, for the low-latency dispatch rows."""
+    record = _table_matches_results(os.path.join(DOCS, "dispatch-run"))
     rows = record["dispatch"]["rows"]
     assert {r["workers"] for r in rows} == {1, 2, 4, 8, 16}
     assert all("fastworker+plugin" in r["medians"] for r in rows)
