@@ -653,18 +653,19 @@ class InlineExecution:
             pool_thread_state.executor = _NO_THREAD_POOL
             try:
                 ts.start_time = time()
-                guarded = GuardedCall(self.watchdog.guard, ts.run_spec, key)
+                guard = self.watchdog.guard
                 run_task = _worker_module._run_task  # looked up now, as Worker.execute does
                 if run_task is _STOCK_RUN_TASK:
                     result = contextvars.copy_context().run(
-                        _run_task_metered, guarded, data, worker.execution_state, key,
-                        worker.active_threads, worker.active_threads_lock,
+                        _run_task_metered, guard, ts.run_spec, data, worker.execution_state,
+                        key, worker.active_threads, worker.active_threads_lock,
                         worker.scheduler_delay,
                     )
-                else:  # patched: call it as Worker.execute would
+                else:  # patched: call it as Worker.execute would, on a guarded callable
                     with context_meter.meter("executor"):
                         result = contextvars.copy_context().run(
-                            run_task, guarded, data, worker.execution_state, key,
+                            run_task, GuardedCall(guard, ts.run_spec, key), data,
+                            worker.execution_state, key,
                             worker.active_threads, worker.active_threads_lock,
                             worker.scheduler_delay,
                         )
@@ -806,7 +807,7 @@ class InlineExecution:
 _THREAD_STATE_KEYS = ("start_time", "execution_state", "key")
 
 
-def _run_task_metered(task, data, execution_state, key, active_threads, lock, delay):
+def _run_task_metered(guard, task, data, execution_state, key, active_threads, lock, delay):
     """What ``with context_meter.meter("executor"): _run_task(task, data, ...)`` does in
     ``Worker.execute``, in one frame: the same result message (start and stop, result
     or error, nbytes, type, thread), the same thread state, worker context variable
@@ -842,7 +843,7 @@ def _run_task_metered(task, data, execution_state, key, active_threads, lock, de
     cpu_start = thread_time()
     try:
         try:
-            result = task(data)
+            result = guard.call(task, data, key)  # marked for the watchdog while it runs
         except (SystemExit, KeyboardInterrupt):
             raise  # as in the pool: these stop the worker
         except BaseException as exc:  # noqa: B036 - as the pool: user code may raise anything

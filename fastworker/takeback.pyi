@@ -25,7 +25,6 @@ class Guard:
     def check(
         self, bound: float, discount: float = 0.0, serial: int | None = None
     ) -> tuple[int, Hashable, float, int] | None: ...
-    def in_task(self) -> bool: ...
 
 class GuardedCall:
     guard: Guard

@@ -224,10 +224,6 @@ cdef class Guard:
                 PyThreadState_SetAsyncExc(self.thread_id, <PyObject *>TakenBack)
         return (self.serial, self.key, held, self.fired)
 
-    def in_task(self):
-        """Whether the calling thread is this guard's and a task runs on it now."""
-        return self.running and threading.get_ident() == self.thread_id
-
 
 class GuardedCall:
     """A task's callable, run under a :class:`Guard` (what the pool's runner calls)."""

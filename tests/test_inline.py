@@ -336,6 +336,13 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
         with context_meter.meter("executor"):
             return _run_task(*args)
 
+    from fastworker.takeback import Guard
+
+    guard = Guard(_threading.get_ident(), 0)
+
+    def ours(*args):
+        return _run_task_metered(guard, *args)
+
     def run(runner, x):
         ledger = DelayedMetricsLedger()
         state = {"worker": object()}
@@ -346,7 +353,7 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
         return msg, ledger.metrics
 
     for x in (21, None):
-        (want, want_metrics), (got, got_metrics) = run(stock, x), run(_run_task_metered, x)
+        (want, want_metrics), (got, got_metrics) = run(stock, x), run(ours, x)
         assert [(label, unit) for label, _, unit in got_metrics] == [
             (label, unit) for label, _, unit in want_metrics
         ]
