@@ -50,12 +50,12 @@ import fastworker
 CLUSTER_KWARGS: dict[str, dict] = {
     "stock": {"worker_class": distributed.Nanny},
     "fastworker": {"worker_class": fastworker.Nanny},
-    "fastworker_no_inline": {"worker_class": fastworker.Nanny},
+    "fastworker_inline": {"worker_class": fastworker.Nanny},
 }
 CLUSTER_CONFIG: dict[str, dict] = {
     "stock": {},
-    "fastworker": {"fastworker.inline.enabled": True},
-    "fastworker_no_inline": {"fastworker.inline.enabled": False},
+    "fastworker": {},
+    "fastworker_inline": {"fastworker.inline.automatic": True},
 }
 
 #: Cluster shapes: name -> (workers, threads per worker).
@@ -242,7 +242,7 @@ class E2ERow:
     size: int
     stock: list[dict] = field(default_factory=list)
     fastworker: list[dict] = field(default_factory=list)
-    fastworker_no_inline: list[dict] = field(default_factory=list)
+    fastworker_inline: list[dict] = field(default_factory=list)
 
 
 def _settle(client: Client, timeout: float = 30.0) -> None:
@@ -409,8 +409,8 @@ def row_record(row: E2ERow) -> dict:
     rec["fastworker_median"] = f
     rec["wall_speedup"] = s["wall"] / f["wall"]
     rec["cpu_ratio"] = s["cpu_us_per_task"] / f["cpu_us_per_task"]
-    if row.fastworker_no_inline:
-        n = rec["fastworker_no_inline_median"] = summarize(row.fastworker_no_inline)
-        rec["no_inline_wall_speedup"] = s["wall"] / n["wall"]
-        rec["no_inline_cpu_ratio"] = s["cpu_us_per_task"] / n["cpu_us_per_task"]
+    if row.fastworker_inline:
+        n = rec["fastworker_inline_median"] = summarize(row.fastworker_inline)
+        rec["inline_wall_speedup"] = s["wall"] / n["wall"]
+        rec["inline_cpu_ratio"] = s["cpu_us_per_task"] / n["cpu_us_per_task"]
     return rec

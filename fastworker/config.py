@@ -14,8 +14,11 @@ DEFAULTS: dict = {
         # Whether the ways in (plugin, preload, fastworker.Worker) install the compiled
         # state machine. False keeps distributed's stock one without uninstalling.
         "enabled": True,
-        # The in-process executor (fastworker.inline): tiny tasks run on the event
-        # loop in batches instead of going through the thread pool.
+        # The event-loop executor (fastworker.inline), opt-in only: tasks annotated
+        # dask.annotate(executor="inline"), and with `automatic` tiny tasks chosen by
+        # fastworker, run on the event loop in batches instead of the thread pool.
+        # What changes for code that runs there: docs/ways-in.md. False: such tasks
+        # run in the thread pool like every other.
         "inline": {
             "enabled": True,
             # A prefix whose tasks take less than this on average runs inline; a
@@ -27,11 +30,10 @@ DEFAULTS: dict = {
             # collections not counted): a watchdog takes it back and it runs again
             # in the thread pool; its prefix no longer runs inline.
             "take-back-after": "50ms",
-            # Automatic selection of measured prefixes: "auto" (on where a task
-            # blocked in a wait can be taken back, i.e. the worker's event loop runs
-            # in the process's main thread), True, or False (then only tasks
-            # annotated executor="inline" run inline).
-            "automatic": "auto",
+            # Automatic selection of measured prefixes for the event loop: False (the
+            # default: only tasks annotated executor="inline" run there) or True
+            # (opt-in: tiny prefixes that do not wait run there too).
+            "automatic": False,
             # Pool runs of a prefix needed before it may run inline: most of them
             # must not wait (thread CPU time close to wall time).
             "admit-after": 4,

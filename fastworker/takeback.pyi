@@ -25,10 +25,3 @@ class Guard:
     def check(
         self, bound: float, discount: float = 0.0, serial: int | None = None
     ) -> tuple[int, Hashable, float, int] | None: ...
-
-class GuardedCall:
-    guard: Guard
-    func: Callable[[Any], Any]
-    key: Hashable
-    def __init__(self, guard: Guard, func: Callable[[Any], Any], key: Hashable) -> None: ...
-    def __call__(self, arg: Any) -> Any: ...

@@ -223,20 +223,3 @@ cdef class Guard:
             else:
                 PyThreadState_SetAsyncExc(self.thread_id, <PyObject *>TakenBack)
         return (self.serial, self.key, held, self.fired)
-
-
-class GuardedCall:
-    """A task's callable, run under a :class:`Guard` (what the pool's runner calls)."""
-
-    __slots__ = ("guard", "func", "key")
-
-    def __init__(self, guard, func, key):
-        self.guard = guard
-        self.func = func
-        self.key = key
-
-    def __call__(self, arg):
-        return self.guard.call(self.func, arg, self.key)
-
-    def __repr__(self):
-        return repr(self.func)

@@ -25,7 +25,7 @@ from distributed.worker_state_machine import WorkerState as StockWorkerState
 
 from fastworker import compat, config, dispatch
 from fastworker._version import __version__
-from fastworker.inline import InlineExecution, _worker_name
+from fastworker.execution import Execution, worker_name
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -185,10 +185,10 @@ def install(worker: Any, *, via: str) -> bool:
     busy worker) is logged on ``distributed.fastworker`` and the stock state kept.
     """
     _expose_metric(worker)
-    what = f"worker {_worker_name(worker)} ({via})"
+    what = f"worker {worker_name(worker)} ({via})"
     if is_compiled(worker.state):
         worker._fastworker_reason = None
-        InlineExecution.install(worker)
+        Execution.install(worker)
         pace_worker_stream(worker)
         return True
     reason = refusal_reason()
@@ -205,7 +205,7 @@ def install(worker: Any, *, via: str) -> bool:
             return False
         worker.state = compiled_copy(worker.state)
         worker._fastworker_reason = None
-        InlineExecution.install(worker)
+        Execution.install(worker)
         pace_worker_stream(worker)
         logger.info("fastworker: %s now runs the compiled state machine", what)
         return True
@@ -245,10 +245,14 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
     """What a worker runs; meant for ``client.run(fastworker.status)``.
 
     ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
-    "reason": why stock is kept (None if it is not), "inline": whether tiny tasks
-    run in the in-process executor, "inline_executor": its counters (tasks run
-    inline, re-runs in the pool, take-backs, the longest hold of the event loop by
-    one task, a task stuck on the loop that could not be taken back) or None,
+    "reason": why stock is kept (None if it is not), "tasks_by_path": tasks
+    started per execution path ({"pool": the fast pool path, the default; "inline":
+    the opt-in event-loop executor; "stock": distributed's own Worker.execute}, None
+    on a stock worker), "reruns": tasks stopped on the event loop and run again in
+    the pool (only ever tasks users opted in), "inline": whether the event-loop
+    executor is available, "inline_executor": its counters (tasks run there,
+    re-runs, take-backs, the longest hold of the event loop by one task, a task
+    stuck on the loop that could not be taken back) or None,
     "dispatch": the low-latency state of the worker's stream to the scheduler (None
     when it keeps stock's batching)}``.
 
@@ -269,7 +273,10 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
     pacer = dispatch.Pacer.of(getattr(dask_worker, "batched_stream", None))
     state_type = type(dask_worker.state)
     compiled = is_compiled(dask_worker.state)
-    inline = getattr(dask_worker, "_fastworker_inline", None)
+    execution = getattr(dask_worker, "_fastworker_execution", None)
+    report = execution.report() if execution is not None else {
+        "tasks_by_path": None, "reruns": 0, "inline_executor": None,
+    }
     return {
         "fastworker": compiled,
         "state_class": f"{state_type.__module__}.{state_type.__qualname__}",
@@ -277,8 +284,8 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
         "reason": None if compiled else getattr(
             dask_worker, "_fastworker_reason", "not installed on this worker"
         ),
-        "inline": inline is not None,
-        "inline_executor": None if inline is None else inline.report(),
+        "inline": report["inline_executor"] is not None,
+        **report,
         "dispatch": pacer.state() if pacer is not None else None,
     }
 
@@ -322,7 +329,7 @@ class Worker(distributed.Worker):
         self._fastworker_reason = reason
         _expose_metric(self)
         if is_compiled(self.state):
-            InlineExecution.install(self)
+            Execution.install(self)
             pace_worker_stream(self)
 
 

@@ -70,13 +70,13 @@ def test_e2e_rows_measure_both_implementations(bench_run):
     assert info["state_classes"]["2x1"] == {
         "stock": "distributed.worker_state_machine.WorkerState",
         "fastworker": "fastworker.workerstate.WorkerState",
-        "fastworker_no_inline": "fastworker.workerstate.WorkerState",
+        "fastworker_inline": "fastworker.workerstate.WorkerState",
     }
-    assert info["cluster_config"]["fastworker_no_inline"] == {"fastworker.inline.enabled": False}
+    assert info["cluster_config"]["fastworker_inline"] == {"fastworker.inline.automatic": True}
     rows = record["e2e"]["rows"]
     assert [r["workload"] for r in rows] == ["map no-op", "array sum", "tree (fan-in 8)", "transfers"]
     for r in rows:
-        for impl in ("stock", "fastworker", "fastworker_no_inline"):
+        for impl in ("stock", "fastworker", "fastworker_inline"):
             (run,) = r[impl]
             assert run["wall"] > 0 and run["tasks"] > 0
             # the state machine ran, and took part of the workers' CPU time
@@ -85,9 +85,9 @@ def test_e2e_rows_measure_both_implementations(bench_run):
             med = r[f"{impl}_median"]
             assert med["tasks_per_s"] == pytest.approx(run["tasks"] / run["wall"])
             assert 0 < med["sm_share"] < 1
-        assert r["stock"][0]["tasks"] == r["fastworker"][0]["tasks"] == r["fastworker_no_inline"][0]["tasks"]
-        assert r["no_inline_wall_speedup"] == pytest.approx(
-            r["stock"][0]["wall"] / r["fastworker_no_inline"][0]["wall"]
+        assert r["stock"][0]["tasks"] == r["fastworker"][0]["tasks"] == r["fastworker_inline"][0]["tasks"]
+        assert r["inline_wall_speedup"] == pytest.approx(
+            r["stock"][0]["wall"] / r["fastworker_inline"][0]["wall"]
         )
         assert r["wall_speedup"] == pytest.approx(r["stock"][0]["wall"] / r["fastworker"][0]["wall"])
     by_name = {r["workload"]: r for r in rows}

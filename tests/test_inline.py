@@ -1,5 +1,7 @@
-"""The in-process executor (fastworker.inline): same results and semantics as the
-thread pool, bounded batches, demotion of slow prefixes, the off switch."""
+"""The opt-in event-loop executor (fastworker.inline): same results and semantics
+as the thread pool for the tasks users send there, bounded batches, demotion of slow
+prefixes, the off switch. Every test here opts in (``fastworker.inline.automatic:
+true``); by default no task runs on the loop (tests/test_user_code.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +22,13 @@ import fastworker
 VAR = contextvars.ContextVar("fastworker_test_var", default="unset")
 
 
+@pytest.fixture(autouse=True)
+def opted_in():
+    """This module tests the event-loop executor: opt in to automatic selection."""
+    with dask.config.set({"fastworker.inline.automatic": True}):
+        yield
+
+
 def run(coro, timeout=120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
@@ -30,9 +39,9 @@ def tiny(x):
 
 def prime(worker, prefix="tiny"):
     """Make ``prefix`` known as tiny on ``worker`` (as if measured in the pool)."""
-    inline = worker._fastworker_inline
-    inline.durations[prefix] = 1e-5
-    inline.pool_runs[prefix] = [inline.admit_after, 0]
+    admission = worker._fastworker_execution.admission
+    admission.durations[prefix] = 1e-5
+    admission.pool_runs[prefix] = [admission.admit_after, 0]
 
 
 async def cluster(**worker_kwargs):
@@ -69,13 +78,13 @@ def test_measured_prefix_goes_inline_with_identical_results():
             # First ones run in the pool and are measured; the rest run inline.
             futures = c.map(tiny, range(300), key=[f"tiny-{i}" for i in range(300)])
             assert await c.gather(futures) == list(range(1, 301))
-            assert inline.durations["tiny"] < 1e-3
+            assert inline.admission.durations["tiny"] < 1e-3
             assert inline.inline_count > 0
             before = inline.inline_count
             futures = c.map(tiny, range(300, 600), key=[f"tiny-{i}" for i in range(300, 600)])
             assert await c.gather(futures) == list(range(301, 601))
             assert inline.inline_count - before == 300  # all of them
-            assert inline.batch_count > 0 and not inline.demoted
+            assert inline.batch_count > 0 and not inline.admission.demoted
 
             # Dependencies: a fan-in tree of tiny tasks, all inline.
             leaves = [dask.delayed(tiny, name=f"tiny-leaf-{i}")(i) for i in range(64)]
@@ -173,7 +182,7 @@ def test_get_client_and_secede_fall_back_to_a_thread():
             assert await a == 42
             assert await b == 42
             assert inline.fallback_count == 2
-            assert {"uses_client", "secedes"} <= inline.demoted
+            assert {"uses_client", "secedes"} <= inline.admission.demoted
             # Their later tasks go straight to the pool.
             with dask.annotate(executor="inline"):
                 again = c.compute(dask.delayed(uses_client)(1, dask_key_name="uses_client-2"))
@@ -243,7 +252,7 @@ def test_slow_task_in_tiny_prefix_is_demoted_and_batches_stay_bounded():
             xs = list(range(200)) + [-1] * 6 + list(range(200, 400))
             futures = c.map(tiny_or_slow, xs, key=[f"tiny_or_slow-{i}" for i in range(len(xs))])
             assert await c.gather(futures) == xs
-            assert "tiny_or_slow" in inline.demoted
+            assert "tiny_or_slow" in inline.admission.demoted
         finally:
             await close(s, w, c)
         # A batch stops once its 10 ms are spent, so it holds the loop for at most
@@ -294,12 +303,13 @@ def test_plugin_installs_inline_on_a_stock_worker():
     run(main())
 
 
-def test_automatic_selection_off_where_a_blocked_task_could_not_be_taken_back():
-    # Workers inside this process run on a loop in another thread: a task blocked in
-    # one long wait there could not be interrupted, so only annotated tasks go inline.
+def test_automatic_selection_off_by_default(opted_in):
+    # Without opting in, only annotated tasks go to the loop. (Workers inside this
+    # process run their loop in another thread: a task blocked there is taken back
+    # by an asynchronous exception, not a signal.)
     from distributed import LocalCluster
 
-    with LocalCluster(
+    with dask.config.set({"fastworker.inline.automatic": False}), LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
         worker_class=fastworker.Worker,
     ) as cluster, Client(cluster) as client:
@@ -315,7 +325,7 @@ def test_automatic_selection_off_where_a_blocked_task_could_not_be_taken_back():
 
 
 def test_metered_runner_reports_what_the_pools_runner_reports():
-    """fastworker.inline runs a task with the same metrics (labels, units, order,
+    """fastworker.runner runs a task with the same metrics (labels, units, order,
     counts; seconds net of what the task meters itself) and the same message as
     ``with context_meter.meter("executor"): distributed.worker._run_task(...)``."""
     import threading as _threading
@@ -323,7 +333,7 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
     from distributed.metrics import DelayedMetricsLedger, context_meter
     from distributed.worker import _run_task
 
-    from fastworker.inline import _run_task_metered
+    from fastworker.runner import digest_executor, run_task_metered
 
     def task(data):
         context_meter.digest_metric("user-seconds", 0.25, "seconds")
@@ -341,7 +351,10 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
     guard = Guard(_threading.get_ident(), 0)
 
     def ours(*args):
-        return _run_task_metered(guard, *args)
+        started = time.perf_counter()
+        msg, metered = run_task_metered(*args, guard)
+        digest_executor(started, metered)
+        return msg
 
     def run(runner, x):
         ledger = DelayedMetricsLedger()
@@ -353,7 +366,9 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
         return msg, ledger.metrics
 
     for x in (21, None):
+        t0 = time.time()
         (want, want_metrics), (got, got_metrics) = run(stock, x), run(ours, x)
+        t1 = time.time()
         assert [(label, unit) for label, _, unit in got_metrics] == [
             (label, unit) for label, _, unit in want_metrics
         ]
@@ -365,7 +380,8 @@ def test_metered_runner_reports_what_the_pools_runner_reports():
                 assert 0 <= value < 0.01 and 0 <= stock_value < 0.01, (label, value)
         assert set(got) == set(want)
         assert got["op"] == want["op"] and got["thread"] == want["thread"]
-        assert got["start"] - 0.5 <= got["stop"] - 0.5 <= time.time()
+        # The scheduler delay (0.5 s here) is added to both, as stock adds it.
+        assert t0 + 0.5 <= got["start"] <= got["stop"] <= t1 + 0.5
         if x is None:
             assert type(got["actual_exception"]) is ValueError
             assert got["exception_text"] == want["exception_text"]

@@ -1,6 +1,7 @@
-"""The in-process executor never hangs a worker that stock would not, and reports
-inline tasks as the pool does: one graph per hazard, on a real cluster of worker
-processes, with distributed's Nanny (stock) and with fastworker.Nanny.
+"""The opt-in event-loop executor never hangs a worker that stock would not, and
+reports inline tasks as the pool does: one graph per hazard, on a real cluster of
+worker processes, with distributed's Nanny (stock) and with fastworker.Nanny opted in
+to automatic selection (``fastworker.inline.automatic: true``).
 
 Each hazard graph first runs many fast tasks of a prefix, so that fastworker
 measures the prefix as tiny and runs it inline; then a task of the same prefix
@@ -40,6 +41,8 @@ def kind(request):
 
 
 def cluster(kind, threads=2, **config):
+    if kind == "fastworker":
+        config.setdefault("fastworker.inline.automatic", True)
     with dask.config.set(config):
         return LocalCluster(
             n_workers=1,
@@ -344,7 +347,10 @@ def execute_metrics(client):
     return client.run_on_scheduler(read)
 
 
-def test_metrics_task_stream_and_active_keys_as_the_pool(kind):
+def metrics_of(kind, annotate_fails):
+    """Run the metric graph on a fresh cluster of ``kind``: the scheduler's metric
+    labels, the exact counts, the span metric keys, the task stream's thread rows,
+    and the event-loop executor's report (None on stock)."""
     with cluster(kind, threads=1) as c, Client(c) as client:
         with distributed.get_task_stream(client) as stream:
             for i in range(8):  # pool runs, then inline runs on fastworker
@@ -353,28 +359,25 @@ def test_metrics_task_stream_and_active_keys_as_the_pool(kind):
                 assert client.compute(total).result(HANG) == sum(range(1, 31))
             # Failing tasks (with tracebacks) take about a millisecond: inline only
             # when annotated.
-            with dask.annotate(executor="inline" if kind == "fastworker" else "default"):
+            with dask.annotate(executor="inline" if annotate_fails else "default"):
                 for i in range(3):
                     bad = client.compute(dask.delayed(fails)(i, dask_key_name=f"fails-{i}"))
                     with pytest.raises(ValueError):
                         bad.result(HANG)
         cumulative, span_keys = execute_metrics(client)
         threads = {(t["worker"], t.get("thread")) for t in stream.data}
-        if kind == "fastworker":
-            (report,) = inline_report(client)
-            # Each prefix ran in the pool first, then inline.
-            assert set(report["inline_by_prefix"]) == {"inc", "add", "fails"}, report
-    labels = set(cumulative)
+        report = inline_report(client)[0] if kind == "fastworker" else None
     # Counts are exact (one memory-read per dependency read); times are not compared.
     counts = {k: v for k, v in cumulative.items() if k[2] == "count"}
-    RESULTS[kind] = labels, counts, span_keys, len(threads)
-    if len(RESULTS) == 2:
-        stock, fast = RESULTS["stock"], RESULTS["fastworker"]
-        assert fast[0] == stock[0]
-        assert fast[1] == stock[1]
-        assert fast[2] == stock[2]
-        assert fast[3] == stock[3] == 1
+    return set(cumulative), counts, span_keys, len(threads), report
 
 
-#: Results of the metric test per kind, compared once both ran.
-RESULTS: dict = {}
+def test_metrics_task_stream_and_active_keys_as_the_pool():
+    stock = metrics_of("stock", annotate_fails=False)
+    fast = metrics_of("fastworker", annotate_fails=True)
+    # Each prefix ran in the pool first, then inline.
+    assert set(fast[4]["inline_by_prefix"]) == {"inc", "add", "fails"}, fast[4]
+    assert fast[0] == stock[0]
+    assert fast[1] == stock[1]
+    assert fast[2] == stock[2]
+    assert fast[3] == stock[3] == 1

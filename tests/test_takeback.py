@@ -9,10 +9,10 @@ import time
 import pytest
 
 from fastworker import takeback
-from fastworker.inline import _signal_number
-from fastworker.takeback import Guard, GuardedCall, TakenBack
+from fastworker.takeback import Guard, TakenBack
+from fastworker.watchdog import signal_number
 
-SIGNUM = _signal_number("SIGRTMIN+4")
+SIGNUM = signal_number("SIGRTMIN+4")
 
 
 def checker(guard, bound, stop, period=0.002):
@@ -86,24 +86,26 @@ def test_signal_takes_back_a_blocked_wait_on_the_main_thread():
 
 def _hammer(guard, calls):
     """``calls`` short guarded calls while a checker fires at every one of them:
-    TakenBack may end a call, never anything outside it."""
+    TakenBack may end a call, never anything outside it. Returns (calls taken back,
+    calls returned, calls the checker fired at)."""
     def short(x):
         total = 0
         for i in range(50):
             total += i
         return total
 
-    taken = returned = 0
+    taken = returned = fired = 0
     for _ in range(calls):
         try:
             guard.call(short, None, "k")
             returned += 1
         except TakenBack:
             taken += 1
+        fired += guard.fired > 0
         # Plain Python code outside the call: a stray exception would surface here.
         for _ in range(20):
             pass
-    return taken, returned
+    return taken, returned, fired
 
 
 def test_no_stray_async_exception_outside_the_call():
@@ -128,9 +130,10 @@ def test_no_stray_async_exception_outside_the_call():
     stop.set()
     watch.join(5)
     assert not errors, errors
-    taken, returned = result["counts"]
+    taken, returned, fired = result["counts"]
     assert taken + returned == 20_000
     assert taken > 0  # the checker did fire during calls
+    assert fired >= taken
 
 
 @pytest.mark.skipif(not SIGNUM or not hasattr(signal, "pthread_kill"), reason="POSIX signals")
@@ -140,17 +143,18 @@ def test_no_stray_signal_outside_the_call():
     stop = threading.Event()
     watch = checker(guard, 0.0, stop, period=0)
     try:
-        taken, returned = _hammer(guard, 20_000)
+        taken, returned, fired = _hammer(guard, 20_000)
     finally:
         stop.set()
         watch.join(5)
     assert taken + returned == 20_000
+    assert fired > 0  # signals were sent at running calls
+    assert taken > 0  # and some landed inside a call, which ended it
 
 
-def test_guarded_call_and_gc_clock():
+def test_guard_call_and_gc_clock():
     guard = Guard(threading.get_ident(), 0)
-    call = GuardedCall(guard, lambda data: data["x"] + 1, "key-1")
-    assert call({"x": 1}) == 2
+    assert guard.call(lambda data: data["x"] + 1, {"x": 1}, "key-1") == 2
     assert guard.key == "key-1" and not guard.running and guard.serial == 1
     assert guard.check(0.0) is None  # nothing runs: nothing to take back
     takeback.install_gc_clock()
@@ -158,5 +162,7 @@ def test_guarded_call_and_gc_clock():
     import gc
 
     gc.collect()
-    assert takeback.gc_seconds() >= before
-    assert takeback.monotonic() > 0
+    assert takeback.gc_seconds() > before  # the collection was timed
+    start = takeback.monotonic()
+    time.sleep(0.01)
+    assert takeback.monotonic() - start >= 0.009

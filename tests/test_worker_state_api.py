@@ -621,19 +621,25 @@ def test_subclass_has_instance_dict(impl):
 def test_handle_event_patched_on_class(impl):
     """distributed's test_utils_test patches WorkerState._handle_event on the class.
 
-    A compiled class is immutable: patch a Python subclass of it instead (whose
-    override is honoured, see test_subclass_overriding_handle_event)."""
-    if impl.name == "fastworker":
-        pytest.xfail("compiled extension types cannot be patched; patch a subclass")
+    A compiled class is immutable: patching it is refused with a TypeError, and a
+    Python subclass of it is patched instead (its override is honoured, see
+    test_subclass_overriding_handle_event)."""
 
     class Boom(Exception):
         pass
 
-    with mock.patch.object(impl.WorkerState, "_handle_event", side_effect=Boom):
-        ws = new_state(impl.WorkerState)
+    target = impl.WorkerState
+    if impl.name == "fastworker":
+        with pytest.raises(TypeError):
+            with mock.patch.object(impl.WorkerState, "_handle_event", side_effect=Boom):
+                pass  # pragma: no cover - not reached
+        target = type("PatchedWorkerState", (impl.WorkerState,), {})
+
+    with mock.patch.object(target, "_handle_event", side_effect=Boom):
+        ws = new_state(target)
         with pytest.raises(Boom):
             ws.handle_stimulus(compute("x", "s1"))
-    ws = new_state(impl.WorkerState)
+    ws = new_state(target)
     assert ws.handle_stimulus(compute("x", "s1")) == [Execute(key="x", stimulus_id="s1")]
 
 

@@ -1,0 +1,270 @@
+"""The fast pool path: every task's code in the worker's own thread pool, as in
+stock, with less work around it.
+
+Stock hands each ``Execute`` instruction to an asyncio task whose coroutine copies the
+context, calls ``loop.run_in_executor`` (a concurrent future chained to an asyncio
+future), wakes the loop once per finished task, resumes the coroutine, and finishes
+the asyncio task through a done callback: four or five loop iterations and a dozen
+objects per task. Here:
+
+- tasks to start are queued and started together on the next loop iteration (as the
+  asyncio tasks would start), each submitted to the same executor stock would use
+  (``executor.submit``: the same ``DaskThreadPoolExecutor`` threads, ``secede`` and
+  ``rejoin`` work as in stock);
+- in the pool thread, the task runs in a copy of the loop's context (so what it does
+  to context variables stays its own, as with ``run_in_executor_with_context``), with
+  stock's thread state and metering (:func:`fastworker.runner.run_task_metered`);
+- each finished task is handed back with one loop callback, scheduled from its
+  thread after whatever the task itself scheduled there (a ``secede()``'s
+  ``SecedeEvent``: the loop must see that first, as it does in stock), and handled as
+  ``Worker.execute`` and ``BaseWorker._finish_async_instruction`` would: its
+  ``executor`` metric, ``Worker.threads``, digests, its event through
+  ``handle_stimulus`` and ``_finalize_metrics``, all recorded in the task's own
+  ``DelayedMetricsLedger`` started when the instruction was.
+
+Nothing runs user code anywhere else, nothing interrupts it, nothing runs it twice.
+The caller (:mod:`fastworker.execution`) sends here only what stock would run in a
+``distributed`` thread pool with distributed's own ``Worker.execute`` and ``_run_task``;
+everything else (coroutine tasks, actors, other executors, a subclass's ``execute``)
+keeps stock's path.
+
+Worker close: while tasks are on this path, one asyncio future stands for them in
+``worker._async_instructions``; ``BaseWorker.close`` cancels it as it cancels stock's
+asyncio tasks, and then, as there, tasks still running or queued are dropped (their
+results never reach the state machine), with stock's warning for each.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from typing import Any
+
+import dask
+from distributed.metrics import DelayedMetricsLedger
+from distributed.worker import WORKER_ANY_RUNNING
+
+from fastworker import runner
+from fastworker.runner import METER_CALLBACKS
+
+#: Stock's logger for an asynchronous instruction cancelled on close.
+_wsm_logger = logging.getLogger("distributed.worker_state_machine")
+
+
+class _Task:
+    """One task on the fast pool path, from its instruction to its event; also the
+    work item the pool thread runs (``run()``, as the pool's own work items)."""
+
+    __slots__ = (
+        "key", "span_id", "stimulus_id", "ledger", "callbacks", "ts", "run_id",
+        "span_ctx", "started", "context", "run_spec", "data", "result", "metered", "event",
+        "path",
+    )
+
+    def __init__(self, key, span_id, stimulus_id, ledger):
+        self.key = key
+        self.span_id = span_id
+        self.stimulus_id = stimulus_id
+        self.ledger = ledger
+        self.event = None
+        self.span_ctx = None
+        self.ts = None
+        self.callbacks = None
+        self.path = None
+
+    def run(self) -> None:
+        """In a pool thread, as the pool's ``_worker`` calls its work items."""
+        self.path._run(self)
+
+
+def _submit_to(executor, task: _Task) -> None:
+    """Queue ``task`` for one of ``executor``'s threads, as ``executor.submit`` does,
+    without the concurrent future nobody waits for: the pool's threads call the
+    ``run()`` of each work item they take from its queue."""
+    if executor._shutdown:
+        executor.submit(task.run)  # raises RuntimeError, as run_in_executor would
+        return
+    executor._work_queue.put(task)
+    executor._adjust_thread_count()
+
+
+class PoolPath:
+    """The fast pool path of one worker (see the module docstring)."""
+
+    def __init__(self, worker: Any, on_pool_run=None):
+        self.worker = worker
+        #: Called on the loop with (ts, event, ledger) after each run, before its
+        #: event is handled (the opt-in executor's admission learns from pool runs).
+        self.on_pool_run = on_pool_run
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.to_start: deque[_Task] = deque()
+        self._start_scheduled = False
+        #: Tasks submitted to a pool and not yet handled back on the loop.
+        self.running: dict[Any, _Task] = {}
+        #: Stands for this path's tasks in worker._async_instructions (close()).
+        self._sentinel: asyncio.Future | None = None
+        self.closed = False
+        self.count = 0
+
+    # --- from the state machine's instructions to the pool --------------------------
+
+    def start(self, key, span_id, stimulus_id) -> None:
+        """An ``Execute`` instruction: the task starts on the next loop iteration."""
+        # Metering starts here, as in BaseWorker._start_async_instruction.
+        self.to_start.append(_Task(key, span_id, stimulus_id, DelayedMetricsLedger()))
+        if not self._start_scheduled:
+            self._start_scheduled = True
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self._start_queued)
+            self._hold_for_close()
+
+    def _hold_for_close(self) -> None:
+        if self._sentinel is None and not self.closed:
+            sentinel = self._sentinel = self.loop.create_future()
+            sentinel.add_done_callback(self._sentinel_done)
+            self.worker._async_instructions.add(sentinel)
+
+    def _release_for_close(self) -> None:
+        sentinel = self._sentinel
+        if sentinel is not None and not self.running and not self.to_start:
+            self._sentinel = None
+            self.worker._async_instructions.discard(sentinel)
+            sentinel.set_result(None)
+
+    def _sentinel_done(self, sentinel: asyncio.Future) -> None:
+        if not sentinel.cancelled():
+            return
+        # BaseWorker.close(): stock's asyncio tasks are cancelled now; so are ours.
+        self.closed = True
+        self.worker._async_instructions.discard(sentinel)
+        self._sentinel = None
+        for task in list(self.running.values()) + list(self.to_start):
+            _wsm_logger.warning(
+                "Async instruction for <Task cancelled name='execute(%r)'> ended "
+                "with CancelledError", task.key,
+            )
+        self.running.clear()
+        self.to_start.clear()
+
+    def _start_queued(self) -> None:
+        self._start_scheduled = False
+        worker = self.worker
+        to_start = self.to_start
+        while to_start:
+            task = to_start.popleft()
+            if self.closed:
+                return
+            if worker.status not in WORKER_ANY_RUNNING:
+                task.event = runner.closing_event(task.key)
+                self._handle(task)
+                continue
+            self._submit(task)
+        self._release_for_close()
+
+    def _submit(self, task: _Task) -> None:
+        """What ``Worker.execute`` does before ``run_in_executor``, then the pool."""
+        worker = self.worker
+        key = task.key
+        ts = task.ts = worker.state.tasks[key]
+        task.run_id = ts.run_id
+        callbacks = task.callbacks = runner.ledger_callbacks(task.ledger)
+        token = METER_CALLBACKS.set(callbacks)
+        try:
+            if worker.state.validate:
+                assert not ts.waiting_for_data
+                assert ts.state in ("executing", "cancelled", "resumed"), ts
+            assert ts.run_spec is not None
+            task.data = runner.gather_inputs(worker, ts)
+            annotations = ts.annotations
+            executor = worker.executors[annotations.get("executor", "default")]
+            worker.active_keys.add(key)
+            if "span" in annotations:
+                # Propagate the span, as Worker.execute does (held until the task ends)
+                task.span_ctx = dask.annotate(span=annotations["span"])
+                task.span_ctx.__enter__()
+            task.run_spec = ts.run_spec
+            ts.start_time = runner.time()
+            task.started = runner.timemod.perf_counter()  # the "executor" meter
+            task.context = contextvars.copy_context()
+            self.running[key] = task
+            task.path = self
+            _submit_to(executor, task)
+        except Exception as exc:
+            self.running.pop(key, None)
+            if task.span_ctx is not None or key in worker.active_keys:
+                self._leave(task)
+            task.event = runner.unknown_error_event(ts, key, task.run_id, exc)
+            METER_CALLBACKS.reset(token)
+            token = None
+            self._handle(task)
+        finally:
+            if token is not None:
+                METER_CALLBACKS.reset(token)
+
+    # --- in the pool thread -----------------------------------------------------------
+
+    def _run(self, task: _Task) -> None:
+        worker = self.worker
+        try:
+            task.result, task.metered = task.context.run(
+                runner.run_task_metered, task.run_spec, task.data, worker.execution_state,
+                task.key, worker.active_threads, worker.active_threads_lock,
+                worker.scheduler_delay,
+            )
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt, as stock: re-raised
+            task.result = exc
+            task.metered = 0.0
+        task.data = task.context = None
+        # One loop callback per task, scheduled from this thread after everything the
+        # task itself scheduled on the loop (a secede() schedules its SecedeEvent):
+        # the loop handles them in that order, as stock's futures are.
+        try:
+            self.loop.call_soon_threadsafe(self._handle_finished, task)
+        except RuntimeError:  # the loop is closed: the worker is gone
+            pass
+
+    # --- back on the loop ---------------------------------------------------------------
+
+    def _handle_finished(self, task: _Task) -> None:
+        if self.closed:
+            return
+        self.running.pop(task.key, None)
+        result = task.result
+        if isinstance(result, BaseException):
+            self._leave(task)
+            self._release_for_close()
+            raise result
+        token = METER_CALLBACKS.set(task.callbacks)
+        try:
+            runner.digest_executor(task.started, task.metered)
+            self._leave(task)
+            task.event = runner.event_from_result(
+                self.worker, task.ts, task.key, task.run_id, result
+            )
+        finally:
+            METER_CALLBACKS.reset(token)
+        self._handle(task)
+        self._release_for_close()
+
+    def _leave(self, task: _Task) -> None:
+        self.worker.active_keys.discard(task.key)
+        if task.span_ctx is not None:
+            task.span_ctx.__exit__(None, None, None)
+            task.span_ctx = None
+
+    def _handle(self, task: _Task) -> None:
+        """``BaseWorker._finish_async_instruction`` for the task's event."""
+        self.count += 1
+        event = task.event
+        if self.on_pool_run is not None and task.ts is not None:
+            self.on_pool_run(task.ts, event, task.ledger)
+        worker = self.worker
+        token = METER_CALLBACKS.set(task.callbacks if task.callbacks is not None
+                                    else runner.ledger_callbacks(task.ledger))
+        try:
+            worker.handle_stimulus(event)
+        finally:
+            METER_CALLBACKS.reset(token)
+        worker._finalize_metrics(event, task.ledger, task.span_id)
