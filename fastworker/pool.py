@@ -7,10 +7,11 @@ future), wakes the loop once per finished task, resumes the coroutine, and finis
 the asyncio task through a done callback: four or five loop iterations and a dozen
 objects per task. Here:
 
-- tasks to start are queued and started together on the next loop iteration (as the
-  asyncio tasks would start), each submitted to the same executor stock would use
-  (``executor.submit``: the same ``DaskThreadPoolExecutor`` threads, ``secede`` and
-  ``rejoin`` work as in stock);
+- each task is submitted when its instruction is handled, to the same executor stock
+  would use (queued as a work item of that executor: the same ``Dask-Default-Threads``
+  threads take it, ``secede`` and ``rejoin`` work as in stock), after what
+  ``Worker.execute`` does first (its inputs read from ``worker.data``, the span
+  entered, ``active_keys``, the start time);
 - in the pool thread, the task runs in a copy of the loop's context (so what it does
   to context variables stays its own, as with ``run_in_executor_with_context``), with
   stock's thread state and metering (:func:`fastworker.runner.run_task_metered`);
@@ -38,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections import deque
 from typing import Any
 
 import dask
@@ -98,10 +98,8 @@ class PoolPath:
         #: event is handled (the opt-in executor's admission learns from pool runs).
         self.on_pool_run = on_pool_run
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.to_start: deque[_Task] = deque()
-        self._start_scheduled = False
-        #: Tasks submitted to a pool and not yet handled back on the loop.
-        self.running: dict[Any, _Task] = {}
+        #: Tasks started and not yet handled back on the loop.
+        self.running: set[_Task] = set()
         #: Stands for this path's tasks in worker._async_instructions (close()).
         self._sentinel: asyncio.Future | None = None
         self.closed = False
@@ -110,15 +108,21 @@ class PoolPath:
     # --- from the state machine's instructions to the pool --------------------------
 
     def start(self, key, span_id, stimulus_id) -> None:
-        """An ``Execute`` instruction: the task starts on the next loop iteration."""
+        """An ``Execute`` instruction (called from ``Worker.handle_stimulus``): the
+        task goes to the pool now; an event that needs no thread (the worker closing,
+        an error before the run) is handled on a later loop iteration, as an asyncio
+        task's would be, never inside the ``handle_stimulus`` that started it."""
         # Metering starts here, as in BaseWorker._start_async_instruction.
-        self.to_start.append(_Task(key, span_id, stimulus_id, DelayedMetricsLedger()))
-        if not self._start_scheduled:
-            self._start_scheduled = True
-            if self.loop is None:
-                self.loop = asyncio.get_running_loop()
-            self.loop.call_soon(self._start_queued)
-            self._hold_for_close()
+        task = _Task(key, span_id, stimulus_id, DelayedMetricsLedger())
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        self.running.add(task)
+        self._hold_for_close()
+        if self.worker.status not in WORKER_ANY_RUNNING:
+            task.event = runner.closing_event(key)
+            self.loop.call_soon(self._handle_later, task)
+            return
+        self._submit(task)
 
     def _hold_for_close(self) -> None:
         if self._sentinel is None and not self.closed:
@@ -128,7 +132,7 @@ class PoolPath:
 
     def _release_for_close(self) -> None:
         sentinel = self._sentinel
-        if sentinel is not None and not self.running and not self.to_start:
+        if sentinel is not None and not self.running:
             self._sentinel = None
             self.worker._async_instructions.discard(sentinel)
             sentinel.set_result(None)
@@ -140,28 +144,12 @@ class PoolPath:
         self.closed = True
         self.worker._async_instructions.discard(sentinel)
         self._sentinel = None
-        for task in list(self.running.values()) + list(self.to_start):
+        for task in self.running:
             _wsm_logger.warning(
                 "Async instruction for <Task cancelled name='execute(%r)'> ended "
                 "with CancelledError", task.key,
             )
         self.running.clear()
-        self.to_start.clear()
-
-    def _start_queued(self) -> None:
-        self._start_scheduled = False
-        worker = self.worker
-        to_start = self.to_start
-        while to_start:
-            task = to_start.popleft()
-            if self.closed:
-                return
-            if worker.status not in WORKER_ANY_RUNNING:
-                task.event = runner.closing_event(task.key)
-                self._handle(task)
-                continue
-            self._submit(task)
-        self._release_for_close()
 
     def _submit(self, task: _Task) -> None:
         """What ``Worker.execute`` does before ``run_in_executor``, then the pool."""
@@ -188,20 +176,21 @@ class PoolPath:
             ts.start_time = runner.time()
             task.started = runner.timemod.perf_counter()  # the "executor" meter
             task.context = contextvars.copy_context()
-            self.running[key] = task
             task.path = self
             _submit_to(executor, task)
         except Exception as exc:
-            self.running.pop(key, None)
-            if task.span_ctx is not None or key in worker.active_keys:
-                self._leave(task)
+            self._leave(task)
             task.event = runner.unknown_error_event(ts, key, task.run_id, exc)
-            METER_CALLBACKS.reset(token)
-            token = None
-            self._handle(task)
+            self.loop.call_soon(self._handle_later, task)
         finally:
-            if token is not None:
-                METER_CALLBACKS.reset(token)
+            METER_CALLBACKS.reset(token)
+
+    def _handle_later(self, task: _Task) -> None:
+        if self.closed:
+            return
+        self.running.discard(task)
+        self._handle(task)
+        self._release_for_close()
 
     # --- in the pool thread -----------------------------------------------------------
 
@@ -230,7 +219,7 @@ class PoolPath:
     def _handle_finished(self, task: _Task) -> None:
         if self.closed:
             return
-        self.running.pop(task.key, None)
+        self.running.discard(task)
         result = task.result
         if isinstance(result, BaseException):
             self._leave(task)

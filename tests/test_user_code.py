@@ -412,11 +412,13 @@ def _add_io_executor(dask_worker):
 
 def routes_graph(client) -> dict:
     client.run(_add_io_executor)
-    counter = client.submit(Counter, actor=True).result(HANG)
+    with client.as_current():  # an actor handle talks through the current client
+        counter = client.submit(Counter, actor=True).result(HANG)
+        actor_calls = [counter.increment().result(HANG) for _ in range(3)]
     with dask.annotate(executor="io"):
         io = client.submit(inc, 1, pure=False)
     results = {
-        "actor": [counter.increment().result() for _ in range(3)],
+        "actor": actor_calls,
         "coroutine": client.submit(coroutine_inc, 1, pure=False).result(HANG),
         "other executor": io.result(HANG),
         "worker_client": client.submit(uses_worker_client, 1, pure=False).result(HANG),
