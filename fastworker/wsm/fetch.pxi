@@ -96,9 +96,8 @@ cdef class _GatherOrder:
             if not _heap_len(tasks):
                 del data_needed[worker]
             elif -ntasks_neg != _heap_len(tasks):
-                heappush(
-                    heap, (_heap_peek(tasks).priority, is_remote, -_heap_len(tasks), rnd, worker, tasks)
-                )
+                ntasks = _heap_len(tasks)
+                heappush(heap, (_heap_peek(tasks).priority, is_remote, -ntasks, rnd, worker, tasks))
             else:
                 self.current = (worker, tasks)
                 return self.current
