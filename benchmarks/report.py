@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -94,6 +95,51 @@ def e2e_table(record: dict, markdown: bool = False) -> str:
     return _table(header, lines, 2, markdown)
 
 
+#: The isolated lifecycle scenario of the same shape as each end-to-end workload
+#: (the array sum is a tree reduction of chunks).
+LEVEL_SCENARIOS = {
+    "map no-op": "independent",
+    "array sum": "tree (fan-in 8)",
+    "tree (fan-in 8)": "tree (fan-in 8)",
+    "transfers": "remote deps (50 peers)",
+}
+
+
+def _isolated_row(record: dict, scenario: str) -> dict | None:
+    """The run's lifecycle row of ``scenario`` nearest 10,000 tasks (log scale)."""
+    rows = [r for r in record.get("rows", []) if r["group"] == "lifecycle" and r["case"] == scenario]
+    if not rows:
+        return None
+    return min(rows, key=lambda r: abs(math.log(r["n"] / 10_000)))
+
+
+def levels_table(record: dict, markdown: bool = False) -> str:
+    """Per end-to-end workload, the four levels side by side, stock / fastworker and
+    the ratio: the isolated state machine (the lifecycle scenario of the same shape),
+    the state machine inside the live workers, the whole worker process, tasks/s;
+    and each implementation's live state machine cost over its isolated cost."""
+    header = ["cluster", "workload", "isolated as", "isolated µs/task", "live SM µs/task",
+              "live / isolated", "worker CPU µs/task", "tasks/s"]
+    lines = []
+    for r in record.get("e2e", {}).get("rows", []):
+        iso = _isolated_row(record, LEVEL_SCENARIOS.get(r["workload"], ""))
+        if iso is None:
+            continue
+        s, f = r["stock_median"], r["fastworker_median"]
+        si, fi = iso["stock_median"], iso["fastworker_median"]
+        lines.append([
+            r["config"], r["workload"], f"{iso['case']} ({iso['n']:,})",
+            f"{si:,.1f} / {fi:,.1f} ({si / fi:.1f}x)",
+            f"{s['sm_us_per_task']:,.0f} / {f['sm_us_per_task']:,.0f} "
+            f"({s['sm_us_per_task'] / f['sm_us_per_task']:.1f}x)",
+            f"{s['sm_us_per_task'] / si:.1f}x / {f['sm_us_per_task'] / fi:.1f}x",
+            f"{s['cpu_us_per_task']:,.0f} / {f['cpu_us_per_task']:,.0f} ({r['cpu_ratio']:.2f}x)",
+            f"{s['tasks_per_s']:,.0f} / {f['tasks_per_s']:,.0f} "
+            f"({f['tasks_per_s'] / s['tasks_per_s']:.2f}x)",
+        ])
+    return _table(header, lines, 3, markdown) if lines else ""
+
+
 DISPATCH_CONFIGS = ("stock", "stock+plugin", "fastworker", "fastworker+plugin",
                     "fastworker-no-inline", "fastworker-no-inline+plugin")
 
@@ -162,6 +208,9 @@ def text_report(record: dict) -> str:
     if record.get("e2e", {}).get("rows"):
         out += ["End to end on LocalCluster(processes=True) (medians, stock / fastworker)",
                 e2e_table(record), ""]
+    levels = levels_table(record)
+    if levels:
+        out += ["Four levels per workload (stock / fastworker, ratio in brackets)", levels, ""]
     if record.get("dispatch", {}).get("rows"):
         threads = record["dispatch"]["info"].get("threads_per_worker", 1)
         out += [f"Low-latency dispatch, {threads}-thread worker processes (medians; ratios to stock)",
@@ -188,6 +237,15 @@ def markdown_report(record: dict) -> str:
                 "ratios for fastworker opted in to its event-loop executor "
                 "(`fastworker.inline.automatic: true`).", "",
                 e2e_table(record, markdown=True), ""]
+    levels = levels_table(record, markdown=True)
+    if levels:
+        out += ["## Four levels per workload", "",
+                "Stock / fastworker medians, the ratio in brackets: the isolated state "
+                "machine (the lifecycle scenario of the same shape, µs per task), the state "
+                "machine inside the live workers (CPU µs per executed task), the whole worker "
+                "processes' CPU per task and tasks/s, from this run; *live / isolated*: "
+                "each implementation's live state machine cost over its isolated cost.", "",
+                levels, ""]
     if record.get("dispatch", {}).get("rows"):
         info = record["dispatch"]["info"]
         out += ["## Low-latency dispatch", "",

@@ -4,7 +4,9 @@ Two parts, each timing stock and fastworker alternately in the same run:
 
 - isolated state machine: TaskState operations (ns each) and whole task lifecycles
   through one WorkerState (µs per task) at N = 1,000 and 10,000 (``--full``: also
-  100,000), medians of ``--repeats`` (default 5);
+  100,000), medians of ``--repeats`` (default 5); the gather path (GatherDep
+  scheduling for 100-5,000 fetch tasks over 5-250 peers, filling ``data_needed``
+  while paused, an unpause that changes nothing), bench_gather.py;
 - end to end: LocalClusters with worker processes (1 worker x 2 threads, 2 workers x
   1 thread) running a no-op map, an array sum, a fan-in-8 tree and a graph with
   worker-to-worker transfers: wall time, tasks/s, worker CPU per task and the share
@@ -34,14 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_dispatch  # noqa: E402
 import bench_e2e  # noqa: E402
+import bench_gather  # noqa: E402
 import bench_heap  # noqa: E402
 import bench_lifecycle  # noqa: E402
 import bench_taskstate  # noqa: E402
 import report  # noqa: E402
 from common import environment, row_record  # noqa: E402
 
-GROUPS = ("taskstate", "lifecycle", "heap", "e2e", "dispatch")
-DEFAULT_GROUPS = ("taskstate", "lifecycle", "e2e", "dispatch")
+GROUPS = ("taskstate", "lifecycle", "gather", "heap", "e2e", "dispatch")
+DEFAULT_GROUPS = ("taskstate", "lifecycle", "gather", "e2e", "dispatch")
 
 
 def _ints(text: str) -> list[int]:
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_lifecycle.run(
             sizes=tuple(args.sizes), repeats=args.repeats, progress=progress, only=args.scenario
         )
+    if "gather" in args.only:
+        say(f"Gather path (GatherDep scheduling, data_needed, no-op unpause), {args.repeats} repeats")
+        rows += bench_gather.run(repeats=args.repeats, progress=progress, only=args.scenario)
     if "heap" in args.only:
         say(f"HeapSet operations, n={args.n:,}, {args.repeats} repeats")
         rows += bench_heap.run(n=args.n, repeats=args.repeats, progress=progress)

@@ -93,6 +93,8 @@ from distributed.worker_state_machine import (
 from distributed.worker_state_machine import TaskState as StockTaskState
 from distributed.worker_state_machine import WorkerState as _StockWorkerState
 
+from cpython.dict cimport PyDict_Check, PyDict_Next
+from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from fastworker.heap cimport PriorityHeapSet

@@ -146,3 +146,29 @@ def test_report_rebuilds_the_same_table(bench_run, tmp_path):
     assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
     assert (tmp_path / "e2e.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_levels_table_puts_the_four_levels_side_by_side(bench_run):
+    """Each end-to-end workload beside the isolated scenario of its shape: isolated,
+    live state machine, worker CPU and tasks/s, stock / fastworker, with ratios."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import report
+
+    _, proc, record = bench_run
+    assert report.levels_table(record) == ""  # chain has no end-to-end counterpart
+    assert "Four levels" not in proc.stdout
+    record = json.loads(json.dumps(record))
+    for r in record["rows"]:
+        r["case"] = "independent"  # stands in for the map's shape
+    table = report.levels_table(record).splitlines()
+    (line,) = [x for x in table if "map no-op" in x]
+    e2e = next(r for r in record["e2e"]["rows"] if r["workload"] == "map no-op")
+    iso = min(record["rows"], key=lambda r: abs(r["n"] - 10_000))
+    s, f = e2e["stock_median"], e2e["fastworker_median"]
+    assert f"independent ({iso['n']:,})" in line
+    assert f"({iso['stock_median'] / iso['fastworker_median']:.1f}x)" in line
+    assert f"{s['sm_us_per_task']:,.0f} / {f['sm_us_per_task']:,.0f}" in line
+    assert f"{s['cpu_us_per_task']:,.0f} / {f['cpu_us_per_task']:,.0f} ({e2e['cpu_ratio']:.2f}x)" in line
+    assert f"{f['tasks_per_s'] / s['tasks_per_s']:.2f}x" in line
+    assert "Four levels per workload" in report.text_report(record)
+    assert "## Four levels per workload" in report.markdown_report(record)

@@ -45,6 +45,118 @@ cdef bint _should_throttle_incoming_transfers(WorkerState self) except -1:
     return (reached_count_limit and reached_threshold) or reached_bytes_limit
 
 
+cdef class _GatherOrder:
+    """Peers to gather from, best first, as stock's _select_workers_for_gather yields them.
+
+    Candidates are ranked by (top task priority, remote host, -queue length, seeded
+    random draw); a candidate whose queue changed since it was ranked is re-ranked.
+    Iterated lazily, because each gather changes other peers' queues.
+    """
+    cdef WorkerState ws
+    cdef list heap
+    cdef object current
+
+    def __init__(self, WorkerState ws):
+        self.ws = ws
+        self.current = None
+        data_needed = ws.data_needed
+        if PyDict_Check(data_needed):
+            self.heap = _rank_peers(ws, <dict>data_needed)
+            return
+        # data_needed rebound to a mapping that is no dict: stock's walk as written
+        host = _host(ws.address)
+        heap = []
+        for worker, tasks in list(data_needed.items()):
+            if not tasks:
+                del data_needed[worker]
+                continue
+            if worker in ws.in_flight_workers or worker in ws.busy_workers:
+                continue
+            heap.append((
+                _heap_peek(tasks).priority, _host(worker) != host, -len(tasks),
+                ws.rng.random(), worker, tasks,
+            ))
+        heapify(heap)
+        self.heap = heap
+
+    cdef bint empty(self) noexcept:
+        return not self.heap
+
+    cdef object next_c(self):
+        """The next (worker, tasks) to gather from; None when there is none."""
+        data_needed = self.ws.data_needed
+        if self.current is not None:
+            worker, tasks = self.current
+            self.current = None
+            if not _heap_len(tasks):
+                del data_needed[worker]
+        heap = self.heap
+        while heap:
+            _, is_remote, ntasks_neg, rnd, worker, tasks = heappop(heap)
+            if not _heap_len(tasks):
+                del data_needed[worker]
+            elif -ntasks_neg != _heap_len(tasks):
+                ntasks = _heap_len(tasks)
+                heappush(heap, (_heap_peek(tasks).priority, is_remote, -ntasks, rnd, worker, tasks))
+            else:
+                self.current = (worker, tasks)
+                return self.current
+        return None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        nxt = self.next_c()
+        if nxt is None:
+            raise StopIteration
+        return nxt
+
+
+cdef list _rank_peers(WorkerState ws, dict data_needed):
+    """The candidates of _GatherOrder, heapified, from a dict data_needed.
+
+    Stock walks a list of data_needed.items(), deleting the peers whose queue is
+    empty and skipping those in flight or busy. The same walk in dict order without
+    that list (one tuple per peer per stimulus): a stimulus that finds every peer in
+    flight allocates nothing. The empty queues are deleted after the walk (the dict
+    ends the same), the random draws are made in the same order.
+    """
+    cdef PyObject* pkey
+    cdef PyObject* pvalue
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t ntasks
+    cdef list heap = []
+    cdef list empties = None
+    cdef dict in_flight = ws.in_flight_workers
+    cdef set busy = ws.busy_workers
+    host = None
+    while PyDict_Next(data_needed, &pos, &pkey, &pvalue):
+        worker = <object>pkey
+        tasks = <object>pvalue
+        ntasks = _heap_len(tasks)
+        if not ntasks:
+            if empties is None:
+                empties = []
+            empties.append(worker)
+            continue
+        if worker in in_flight or worker in busy:
+            continue
+        if host is None:
+            host = _host(ws.address)
+        # _host and rng.random() run no code that touches data_needed
+        heap.append((
+            _heap_peek(tasks).priority, _host(worker) != host, -ntasks,
+            ws.rng.random(), worker, tasks,
+        ))
+    if empties is not None:
+        for worker in empties:
+            del data_needed[worker]
+    if len(heap) > 1:
+        heapify(heap)
+    return heap
+
+
 cdef tuple _ensure_communicating(WorkerState self, object stimulus_id):
     """Start transfers (GatherDep) from the best peers while not throttled.
 
@@ -56,9 +168,17 @@ cdef tuple _ensure_communicating(WorkerState self, object stimulus_id):
         return _NOTHING
     if _should_throttle_incoming_transfers(self):
         return _NOTHING
+    cdef _GatherOrder order = _select_workers_for_gather(self)
+    if order.empty():
+        # every peer with tasks to fetch is in flight or busy: nothing to do
+        return _NOTHING
     cdef dict recs = {}
     cdef list instructions = []
-    for worker, available in _select_workers_for_gather(self):
+    while True:
+        nxt = order.next_c()
+        if nxt is None:
+            break
+        worker, available = nxt
         assert worker != self._address
         to_gather = []
         message_nbytes = _select_keys_for_gather(self, available, to_gather)
@@ -91,7 +211,7 @@ cdef tuple _ensure_communicating(WorkerState self, object stimulus_id):
     return recs, instructions
 
 
-cdef object _select_workers_for_gather(WorkerState self):
+cdef _GatherOrder _select_workers_for_gather(WorkerState self):
     # Stock walks this as a generator, interleaved with the gathers it causes; the
     # candidates' order depends on queue lengths that those gathers change, so the
     # whole selection is replayed lazily through _GatherOrder below.
@@ -140,58 +260,3 @@ cdef int _forget_peer(WorkerState self, object worker, dict recs) except -1:
         ts = self.tasks[key]
         made_who_has(ts).remove(worker)
     return 0
-
-
-cdef class _GatherOrder:
-    """Peers to gather from, best first, as stock's _select_workers_for_gather yields them.
-
-    Candidates are ranked by (top task priority, remote host, -queue length, seeded
-    random draw); a candidate whose queue changed since it was ranked is re-ranked.
-    Iterated lazily, because each gather changes other peers' queues.
-    """
-    cdef WorkerState ws
-    cdef list heap
-    cdef object current
-
-    def __init__(self, WorkerState ws):
-        self.ws = ws
-        host = _host(ws.address)
-        heap = []
-        data_needed = ws.data_needed
-        for worker, tasks in list(data_needed.items()):
-            if not tasks:
-                del data_needed[worker]
-                continue
-            if worker in ws.in_flight_workers or worker in ws.busy_workers:
-                continue
-            heap.append((
-                _heap_peek(tasks).priority, _host(worker) != host, -len(tasks),
-                ws.rng.random(), worker, tasks,
-            ))
-        heapify(heap)
-        self.heap = heap
-        self.current = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        data_needed = self.ws.data_needed
-        if self.current is not None:
-            worker, tasks = self.current
-            self.current = None
-            if not tasks:
-                del data_needed[worker]
-        heap = self.heap
-        while heap:
-            _, is_remote, ntasks_neg, rnd, worker, tasks = heappop(heap)
-            if not tasks:
-                del data_needed[worker]
-            elif -ntasks_neg != len(tasks):
-                heappush(
-                    heap, (_heap_peek(tasks).priority, is_remote, -len(tasks), rnd, worker, tasks)
-                )
-            else:
-                self.current = (worker, tasks)
-                return worker, tasks
-        raise StopIteration

@@ -145,6 +145,12 @@ cdef inline object _heap_pop(object heap):
     return heap.pop()
 
 
+cdef inline Py_ssize_t _heap_len(object heap) except -1:
+    if type(heap) is PriorityHeapSet:
+        return (<PriorityHeapSet>heap).size()
+    return len(heap)
+
+
 cdef inline object _heap_peek(object heap):
     if type(heap) is PriorityHeapSet:
         return (<PriorityHeapSet>heap).peek_c()
