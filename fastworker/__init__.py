@@ -47,13 +47,8 @@ else:  # keep distributed's own classes, so that no way in installs ours
     TASK_STATES = ()
 
 from fastworker.scheduler import SchedulerPlugin  # noqa: E402
-from fastworker.worker import (  # noqa: E402
-    FastWorkerPlugin,
-    Nanny,
-    Worker,
-    dask_setup,
-    status,
-)
+from fastworker.status import dask_setup, status  # noqa: E402
+from fastworker.worker import FastWorkerPlugin, Nanny, Worker  # noqa: E402
 
 __all__ = [
     "DISTRIBUTED_SUPPORTED",

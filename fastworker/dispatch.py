@@ -38,13 +38,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 from dask.utils import parse_timedelta
 from distributed.batched import BatchedSend
 from distributed.core import CommClosedError
 from distributed.metrics import time
 
+from fastworker import config
+
 logger = logging.getLogger("distributed.fastworker")
+
+#: fastworker.dispatch.* defaults: the Rule's own defaults are these (config.py).
+_DEFAULTS = config.DEFAULTS["fastworker"]["dispatch"]
 
 _logged_rule: set[str] = set()
 
@@ -54,19 +58,19 @@ class Rule:
     """When a paced stream writes (the ``fastworker.dispatch.*`` keys)."""
 
     #: Messages per second on one stream from which it batches at its stock interval.
-    busy_rate: float = 5000.0
+    busy_rate: float = float(_DEFAULTS["busy-rate"])
     #: How long the rate is measured over before the mode is reconsidered (seconds).
-    window: float = 0.05
+    window: float = parse_timedelta(_DEFAULTS["window"], default="ms")
     #: The interval of a quiet stream (seconds; 0: write as soon as the loop runs).
-    interval: float = 0.0
+    interval: float = parse_timedelta(_DEFAULTS["interval"], default="ms")
 
     @classmethod
     def from_config(cls) -> Rule:
-        get = dask.config.get
+        get = config.get
         return cls(
-            busy_rate=float(get("fastworker.dispatch.busy-rate", 5000)),
-            window=parse_timedelta(get("fastworker.dispatch.window", "50ms"), default="ms"),
-            interval=parse_timedelta(get("fastworker.dispatch.interval", "0ms"), default="ms"),
+            busy_rate=float(get("fastworker.dispatch.busy-rate")),
+            window=parse_timedelta(get("fastworker.dispatch.window"), default="ms"),
+            interval=parse_timedelta(get("fastworker.dispatch.interval"), default="ms"),
         )
 
     def describe(self, side: str) -> str:
@@ -81,7 +85,7 @@ class Rule:
 
 def enabled() -> bool:
     """The current value of ``fastworker.dispatch.enabled``."""
-    return bool(dask.config.get("fastworker.dispatch.enabled", True))
+    return bool(config.get("fastworker.dispatch.enabled"))
 
 
 def log_rule_once(side: str, rule: Rule) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin as _BasePlugin
 
 from fastworker import dispatch
+from fastworker.refusal import refusal_reason as common_reason
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -30,8 +31,6 @@ PLUGIN_NAME = "fastworker-dispatch"
 
 def refusal_reason() -> str | None:
     """Why the scheduler plugin would leave the scheduler stock now, or None."""
-    from fastworker.worker import refusal_reason as common_reason
-
     reason = common_reason()
     if reason is None and not dispatch.enabled():
         reason = "fastworker.dispatch.enabled is False in dask's config"

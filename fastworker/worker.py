@@ -23,9 +23,9 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from fastworker import compat, config, dispatch
-from fastworker._version import __version__
+from fastworker import dispatch
 from fastworker.execution import Execution, worker_name
+from fastworker.refusal import log_refusal, refusal_reason
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -89,30 +89,13 @@ def _compiled_class() -> type:
     return WorkerState
 
 
-def refusal_reason() -> str | None:
-    """Why the ways in would keep the stock state machine now, or None if they would not."""
-    if not config.enabled():
-        return "fastworker.enabled is False in dask's config"
-    installed = compat.distributed_version()
-    if not compat.is_supported(installed):
-        return compat.unsupported_message(installed)
-    return None
-
-
 def select_state_class(what: str = "worker") -> type:
     """The WorkerState class a new worker should get, logging why if it is stock's."""
     reason = refusal_reason()
     if reason is None:
         return _compiled_class()
-    _log_refusal(what, reason)
+    log_refusal(what, reason)
     return StockWorkerState
-
-
-def _log_refusal(what: str, reason: str) -> None:
-    if config.enabled():
-        logger.warning("fastworker: %s keeps distributed's stock state machine: %s", what, reason)
-    else:
-        logger.info("fastworker: %s keeps distributed's stock state machine: %s", what, reason)
 
 
 def is_compiled(state: Any) -> bool:
@@ -209,7 +192,7 @@ def install(worker: Any, *, via: str) -> bool:
         pace_worker_stream(worker)
         logger.info("fastworker: %s now runs the compiled state machine", what)
         return True
-    _log_refusal(what, reason)
+    log_refusal(what, reason)
     worker._fastworker_reason = reason
     return False
 
@@ -239,55 +222,6 @@ def _expose_metric(worker: Any) -> None:
     executors = getattr(worker, "executors", None)
     if isinstance(executors, dict) and "default" in executors:
         executors.setdefault("inline", executors["default"])
-
-
-def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
-    """What a worker runs; meant for ``client.run(fastworker.status)``.
-
-    ``{"fastworker": bool, "state_class": "module.Class", "version": ...,
-    "reason": why stock is kept (None if it is not), "tasks_by_path": tasks
-    started per execution path ({"pool": the fast pool path, the default; "inline":
-    the opt-in event-loop executor; "stock": distributed's own Worker.execute}, None
-    on a stock worker), "reruns": tasks stopped on the event loop and run again in
-    the pool (only ever tasks users opted in), "inline": whether the event-loop
-    executor is available, "inline_executor": its counters (tasks run there,
-    re-runs, take-backs, the longest hold of the event loop by one task, a task
-    stuck on the loop that could not be taken back) or None,
-    "dispatch": the low-latency state of the worker's stream to the scheduler (None
-    when it keeps stock's batching)}``.
-
-    On the scheduler, ``client.run_on_scheduler(fastworker.status)``:
-    ``{"scheduler_plugin": bool, "reason": why not (None if it runs), "streams":
-    worker streams, "paced_streams": how many are low-latency, "modes": streams per
-    mode ("quiet"/"busy"), ...}``.
-    """
-    # distributed's run() hands the server to both keywords, whichever it is
-    server = dask_worker if dask_worker is not None else dask_scheduler
-    if server is None:
-        raise TypeError("status() needs a worker or a scheduler")
-    if isinstance(server, distributed.Scheduler):
-        from fastworker.scheduler import scheduler_status
-
-        return scheduler_status(server)
-    dask_worker = server
-    pacer = dispatch.Pacer.of(getattr(dask_worker, "batched_stream", None))
-    state_type = type(dask_worker.state)
-    compiled = is_compiled(dask_worker.state)
-    execution = getattr(dask_worker, "_fastworker_execution", None)
-    report = execution.report() if execution is not None else {
-        "tasks_by_path": None, "reruns": 0, "inline_executor": None,
-    }
-    return {
-        "fastworker": compiled,
-        "state_class": f"{state_type.__module__}.{state_type.__qualname__}",
-        "version": __version__,
-        "reason": None if compiled else getattr(
-            dask_worker, "_fastworker_reason", "not installed on this worker"
-        ),
-        "inline": report["inline_executor"] is not None,
-        **report,
-        "dispatch": pacer.state() if pacer is not None else None,
-    }
 
 
 class FastWorkerPlugin(WorkerPlugin):
@@ -345,26 +279,3 @@ class Nanny(distributed.Nanny):
 
     def __init__(self, *args: Any, worker_class: Any = None, **kwargs: Any):
         super().__init__(*args, worker_class=worker_class or Worker, **kwargs)
-
-
-def dask_setup(server: Any) -> None:
-    """Preload hook: ``dask worker SCHED --preload fastworker``,
-    ``dask scheduler --preload fastworker``.
-
-    In a worker process it runs when the worker starts, before it registers with the
-    scheduler, so the worker is idle and switches to the compiled state machine. On
-    a scheduler it adds :class:`fastworker.SchedulerPlugin` (started with the
-    scheduler, which logs a refusal there if one applies).
-    """
-    if isinstance(server, distributed.Scheduler):
-        from fastworker.scheduler import install as install_on_scheduler
-
-        install_on_scheduler(server)
-        return
-    if not isinstance(server, distributed.Worker):
-        logger.warning(
-            "fastworker: --preload fastworker acts on workers and schedulers only; %s left unchanged",
-            type(server).__name__,
-        )
-        return
-    install(server, via="preload")
