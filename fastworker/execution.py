@@ -26,7 +26,10 @@ import logging
 from typing import Any
 
 from dask.utils import parse_timedelta
-from dask._task_spec import Task as _DaskTask
+try:
+    from dask._task_spec import Task as _DaskTask
+except ImportError:  # pragma: no cover - a dask without task specs: no caching
+    _DaskTask = None
 from distributed.threadpoolexecutor import ThreadPoolExecutor
 
 from fastworker import config, runner
