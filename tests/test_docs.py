@@ -59,6 +59,13 @@ def test_benchmark_page_table_is_that_of_its_results(tmp_path):
     assert record["rows"] and record["e2e"]["rows"]
 
 
+@pytest.mark.parametrize("run", ["benchmark-inline", "benchmark-pool"])
+def test_other_e2e_runs_tables_are_those_of_their_results(run):
+    """The benchmark page's other end-to-end runs: tables from report.py too."""
+    record = _table_matches_results(os.path.join(DOCS, run))
+    assert record["e2e"]["rows"]
+
+
 def test_dispatch_page_table_is_that_of_its_results():
     """docs/dispatch-run/table.md likewise, for the low-latency dispatch rows."""
     record = _table_matches_results(os.path.join(DOCS, "dispatch-run"))
