@@ -13,8 +13,9 @@ start), alternating which goes first in each repeat:
 - ``stock+plugin``: stock workers, ``fastworker.SchedulerPlugin`` on the scheduler;
 - ``fastworker``: fastworker workers, stock scheduler;
 - ``fastworker+plugin``: fastworker workers and the scheduler plugin;
-- with ``no_inline``, also ``fastworker-no-inline`` and ``fastworker-no-inline+plugin``
-  on a third cluster whose workers run without the in-process executor.
+- with ``inline``, also ``fastworker-inline`` and ``fastworker-inline+plugin`` on a
+  third cluster whose workers are opted in to the event-loop executor
+  (``fastworker.inline.automatic: true``).
 
 Each run is timed from
 submission to completion on the client; the scheduler process's CPU time
@@ -46,7 +47,7 @@ FULL_TASKS = 10_000
 WORKER_KINDS: dict[str, tuple[str, dict]] = {
     "stock": ("distributed.Worker", {}),
     "fastworker": ("fastworker.Worker", {}),
-    "fastworker-no-inline": ("fastworker.Worker", {"DASK_FASTWORKER__INLINE__ENABLED": "False"}),
+    "fastworker-inline": ("fastworker.Worker", {"DASK_FASTWORKER__INLINE__AUTOMATIC": "True"}),
 }
 #: Configuration -> (cluster, whether the scheduler plugin runs).
 CONFIGURATIONS: dict[str, tuple[str, bool]] = {
@@ -55,10 +56,10 @@ CONFIGURATIONS: dict[str, tuple[str, bool]] = {
     "fastworker": ("fastworker", False),
     "fastworker+plugin": ("fastworker", True),
 }
-#: Added with ``no_inline=True``: fastworker workers without the in-process executor.
-NO_INLINE_CONFIGURATIONS: dict[str, tuple[str, bool]] = {
-    "fastworker-no-inline": ("fastworker-no-inline", False),
-    "fastworker-no-inline+plugin": ("fastworker-no-inline", True),
+#: Added with ``inline=True``: fastworker workers opted in to the event-loop executor.
+INLINE_CONFIGURATIONS: dict[str, tuple[str, bool]] = {
+    "fastworker-inline": ("fastworker-inline", False),
+    "fastworker-inline+plugin": ("fastworker-inline", True),
 }
 WORKLOADS = {"map no-op": _map_noop, "tree (fan-in 8)": _tree}
 
@@ -159,11 +160,11 @@ def run(
     sizes: tuple[int, ...] = SIZES,
     workloads: list[str] | None = None,
     threads: int = 1,
-    no_inline: bool = False,
+    inline: bool = False,
 ) -> tuple[list[DispatchRow], dict]:
     names = workloads or list(WORKLOADS)
     rows: list[DispatchRow] = []
-    configurations = {**CONFIGURATIONS, **(NO_INLINE_CONFIGURATIONS if no_inline else {})}
+    configurations = {**CONFIGURATIONS, **(INLINE_CONFIGURATIONS if inline else {})}
     kinds = sorted({kind for kind, _ in configurations.values()}, key=list(WORKER_KINDS).index)
 
     def say(msg: str) -> None:

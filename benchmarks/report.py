@@ -141,6 +141,8 @@ def levels_table(record: dict, markdown: bool = False) -> str:
 
 
 DISPATCH_CONFIGS = ("stock", "stock+plugin", "fastworker", "fastworker+plugin",
+                    "fastworker-inline", "fastworker-inline+plugin",
+                    # runs before 2026-12-04 (the event-loop executor was on by default)
                     "fastworker-no-inline", "fastworker-no-inline+plugin")
 
 

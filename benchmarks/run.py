@@ -85,8 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dispatch-repeats", type=int, help="dispatch repeats (default 3; --full: 5)")
     parser.add_argument("--dispatch-threads", type=int, default=1,
                         help="threads per dispatch worker process (default 1)")
-    parser.add_argument("--dispatch-no-inline", action="store_true",
-                        help="dispatch rows also for fastworker workers without the in-process executor")
+    parser.add_argument("--dispatch-inline", action="store_true",
+                        help="dispatch rows also for fastworker workers opted in to the "
+                        "event-loop executor")
     parser.add_argument("--note", help="a remark about this run (e.g. what else the machine "
                         "was doing), kept in results.json and shown above the tables in table.md")
     args = parser.parse_args(argv)
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         d_rows, info = bench_dispatch.run(
             tasks=args.dispatch_tasks, repeats=args.dispatch_repeats, progress=progress,
             sizes=tuple(args.dispatch_sizes), workloads=workloads,
-            threads=args.dispatch_threads, no_inline=args.dispatch_no_inline,
+            threads=args.dispatch_threads, inline=args.dispatch_inline,
         )
         record["dispatch"] = {"info": info, "rows": [bench_dispatch.row_record(r) for r in d_rows]}
     record["elapsed_s"] = time.perf_counter() - start
