@@ -74,6 +74,13 @@ def test_dispatch_page_table_is_that_of_its_results():
     assert all("fastworker+plugin" in r["medians"] for r in rows)
 
 
+def test_dispatch_pool_table_is_that_of_its_results():
+    """docs/dispatch-pool: the default configuration and the opted-in event loop."""
+    record = _table_matches_results(os.path.join(DOCS, "dispatch-pool"))
+    rows = record["dispatch"]["rows"]
+    assert all("fastworker-inline+plugin" in r["medians"] for r in rows)
+
+
 def test_benchmark_page_names_the_measured_release():
     """The benchmark page says which distributed release its run measured."""
     with open(os.path.join(RUN_DIR, "results.json")) as f:
