@@ -41,6 +41,9 @@ def kind(request):
 
 
 def cluster(kind, threads=2, **config):
+    """A one-worker process cluster of ``kind``: "stock", "fastworker" (opted in to
+    automatic selection) or "fastworker-default" (fastworker's default: every task
+    in the pool)."""
     if kind == "fastworker":
         config.setdefault("fastworker.inline.automatic", True)
     with dask.config.set(config):
@@ -49,7 +52,7 @@ def cluster(kind, threads=2, **config):
             threads_per_worker=threads,
             processes=True,
             dashboard_address=":0",
-            worker_class=WORKER_CLASSES[kind],
+            worker_class=WORKER_CLASSES[kind.removesuffix("-default")],
         )
 
 
@@ -298,7 +301,7 @@ def test_longest_hold_when_tasks_turn_slow(kind):
             wait(futures, timeout=HANG)
             assert client.gather(futures) == list(range(10))
             (longest_gap,) = probe.result(HANG).values()
-        report = inline_report(client)[0] if kind == "fastworker" else None
+        report = inline_report(client)[0] if kind != "stock" else None
         # Held by nothing but short callbacks (and, on fastworker, at most one task
         # until it was taken back).
         assert longest_gap < 0.25, (longest_gap, report)
@@ -366,7 +369,7 @@ def metrics_of(kind, annotate_fails):
                         bad.result(HANG)
         cumulative, span_keys = execute_metrics(client)
         threads = {(t["worker"], t.get("thread")) for t in stream.data}
-        report = inline_report(client)[0] if kind == "fastworker" else None
+        report = inline_report(client)[0] if kind != "stock" else None
     # Counts are exact (one memory-read per dependency read); times are not compared.
     counts = {k: v for k, v in cumulative.items() if k[2] == "count"}
     return set(cumulative), counts, span_keys, len(threads), report
@@ -377,6 +380,18 @@ def test_metrics_task_stream_and_active_keys_as_the_pool():
     fast = metrics_of("fastworker", annotate_fails=True)
     # Each prefix ran in the pool first, then inline.
     assert set(fast[4]["inline_by_prefix"]) == {"inc", "add", "fails"}, fast[4]
+    assert fast[0] == stock[0]
+    assert fast[1] == stock[1]
+    assert fast[2] == stock[2]
+    assert fast[3] == stock[3] == 1
+
+
+def test_metrics_task_stream_and_active_keys_default_pool_path():
+    """The default configuration (every task through the fast pool path): the same
+    metric labels, exact counts, span metric keys and task-stream rows as stock."""
+    stock = metrics_of("stock", annotate_fails=False)
+    fast = metrics_of("fastworker-default", annotate_fails=False)
+    assert fast[4]["inline_count"] == 0 and not fast[4]["inline_by_prefix"], fast[4]
     assert fast[0] == stock[0]
     assert fast[1] == stock[1]
     assert fast[2] == stock[2]
