@@ -57,21 +57,20 @@ class _Task:
     work item the pool thread runs (``run()``, as the pool's own work items)."""
 
     __slots__ = (
-        "key", "span_id", "stimulus_id", "ledger", "callbacks", "ts", "run_id",
+        "key", "span_id", "ledger", "callbacks", "ts", "run_id",
         "span_ctx", "started", "context", "run_spec", "data", "result", "metered", "event",
         "path",
     )
 
-    def __init__(self, key, span_id, stimulus_id, ledger):
+    def __init__(self, path, key, span_id, ledger):
+        self.path = path
         self.key = key
         self.span_id = span_id
-        self.stimulus_id = stimulus_id
         self.ledger = ledger
         self.event = None
         self.span_ctx = None
         self.ts = None
         self.callbacks = None
-        self.path = None
 
     def run(self) -> None:
         """In a pool thread, as the pool's ``_worker`` calls its work items."""
@@ -103,7 +102,6 @@ class PoolPath:
         #: Stands for this path's tasks in worker._async_instructions (close()).
         self._sentinel: asyncio.Future | None = None
         self.closed = False
-        self.count = 0
 
     # --- from the state machine's instructions to the pool --------------------------
 
@@ -113,7 +111,7 @@ class PoolPath:
         an error before the run) is handled on a later loop iteration, as an asyncio
         task's would be, never inside the ``handle_stimulus`` that started it."""
         # Metering starts here, as in BaseWorker._start_async_instruction.
-        task = _Task(key, span_id, stimulus_id, DelayedMetricsLedger())
+        task = _Task(self, key, span_id, DelayedMetricsLedger())
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         self.running.add(task)
@@ -176,7 +174,6 @@ class PoolPath:
             ts.start_time = runner.time()
             task.started = runner.timemod.perf_counter()  # the "executor" meter
             task.context = contextvars.copy_context()
-            task.path = self
             _submit_to(executor, task)
         except Exception as exc:
             self._leave(task)
@@ -245,7 +242,6 @@ class PoolPath:
 
     def _handle(self, task: _Task) -> None:
         """``BaseWorker._finish_async_instruction`` for the task's event."""
-        self.count += 1
         event = task.event
         if self.on_pool_run is not None and task.ts is not None:
             self.on_pool_run(task.ts, event, task.ledger)
