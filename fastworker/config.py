@@ -54,6 +54,10 @@ DEFAULTS: dict = {
             # The interval of a stream that is not busy: 0 sends on the next loop
             # iteration (what is sent during a write still leaves together after it).
             "interval": "0ms",
+            # Small plain messages on a paced stream's TCP comm are framed, written,
+            # read and decoded by fastworker.wire (the same bytes as distributed's
+            # comm; anything else goes through the comm). False: the comm's own.
+            "wire": True,
         },
     }
 }

@@ -43,7 +43,7 @@ from distributed.batched import BatchedSend
 from distributed.core import CommClosedError
 from distributed.metrics import time
 
-from fastworker import config
+from fastworker import config, wire
 
 logger = logging.getLogger("distributed.fastworker")
 
@@ -63,6 +63,8 @@ class Rule:
     window: float = parse_timedelta(_DEFAULTS["window"], default="ms")
     #: The interval of a quiet stream (seconds; 0: write as soon as the loop runs).
     interval: float = parse_timedelta(_DEFAULTS["interval"], default="ms")
+    #: Small plain messages framed and decoded by :mod:`fastworker.wire`.
+    wire: bool = bool(_DEFAULTS["wire"])
 
     @classmethod
     def from_config(cls) -> Rule:
@@ -71,6 +73,7 @@ class Rule:
             busy_rate=float(get("fastworker.dispatch.busy-rate")),
             window=parse_timedelta(get("fastworker.dispatch.window"), default="ms"),
             interval=parse_timedelta(get("fastworker.dispatch.interval"), default="ms"),
+            wire=bool(get("fastworker.dispatch.wire")),
         )
 
     def describe(self, side: str) -> str:
@@ -182,7 +185,13 @@ class Pacer:
     def _start_sender(self) -> None:
         # kept on the stream: the loop outlives a Pacer that is released (it then
         # keeps the stock interval's window) and serves the next one
-        self.stream._fastworker_sender = asyncio.ensure_future(_send_loop(self.stream))
+        stream = self.stream
+        fast = self.rule.wire and wire.eligible(stream.comm)
+        if fast:
+            # the comm this stream writes to is the one its peer's messages are read
+            # from (Scheduler.handle_worker, Worker.handle_scheduler)
+            wire.install_read(stream.comm)
+        stream._fastworker_sender = asyncio.ensure_future(_send_loop(stream, fast))
 
     @property
     def sender(self) -> asyncio.Task | None:
@@ -199,16 +208,19 @@ class Pacer:
             # cumulative, over the stream's life: how much the writes coalesce
             "messages": self.stream.message_count,
             "writes": self.stream.batch_count,
+            "wire": "fastworker" if wire.installed(self.stream.comm) else "distributed",
         }
 
 
-async def _send_loop(stream: BatchedSend) -> None:
+async def _send_loop(stream: BatchedSend, fast: bool = False) -> None:
     """Write ``stream``'s buffer to its comm for as long as the stream runs.
 
     What distributed's ``BatchedSend._background_send`` does, with the same
     contract towards ``send``, ``close`` and ``abort`` (``please_stop``, ``waker``,
     ``stopped``, the counters and the recent-message log), but waiting on the waker
-    alone when the interval is 0. With an interval (a busy stream, or one released
+    alone when the interval is 0. With ``fast``, a payload of small plain messages is
+    written by :func:`fastworker.wire.write` (the same bytes; anything else by the
+    comm's ``write``). With an interval (a busy stream, or one released
     back to stock timing) it keeps the window after each write, as distributed does:
     ``next_deadline`` is set meanwhile, so that ``send`` does not wake it, and the
     buffer waits for the end of the window.
@@ -226,9 +238,12 @@ async def _send_loop(stream: BatchedSend) -> None:
             if interval:
                 stream.next_deadline = time() + interval
             try:
-                nbytes = await stream.comm.write(
-                    payload, serializers=stream.serializers, on_error="raise"
-                )
+                comm = stream.comm
+                nbytes = wire.write(comm, payload) if fast else None
+                if nbytes is None:
+                    nbytes = await comm.write(
+                        payload, serializers=stream.serializers, on_error="raise"
+                    )
                 stream.recent_message_log.append(payload if nbytes < 1e6 else "large-message")
                 stream.byte_count += nbytes
             except CommClosedError:

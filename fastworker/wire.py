@@ -1,0 +1,305 @@
+"""Small messages on a batched stream's TCP comm: the same bytes as distributed's comm, less work.
+
+A batched stream (``BatchedSend``) carries lists of small msgpack dicts: ``compute-task``,
+``task-finished``, ``free-keys`` and the like. For each write distributed's TCP comm
+estimates the payload's size with ``sizeof`` (to decide whether to serialize it in a
+thread), runs ``protocol.dumps`` with a Python ``default`` hook, builds the frame header
+through several helper functions and appends the joined bytes to the Tornado stream's
+buffer. For each read it awaits the header, allocates a host array for the body, unpacks
+the frame lengths and awaits ``from_frames``, whose msgpack decoding calls a Python
+``object_hook`` on every dict of every message.
+
+:func:`write` and :func:`read` do the same on a plain TCP comm for the messages where
+the result is known to be identical:
+
+- **write**: the payload packs with msgpack alone (``use_bin_type=True``; a ``set`` or
+  an ``Enum`` is encoded as ``msgpack_encode_default`` encodes it), into one frame
+  smaller than ``distributed.comm.offload``. The bytes on the wire are distributed's:
+  the prelude ``Q`` (bytes up to the end of the frame), ``Q`` (one frame), ``Q`` (its
+  length), then the msgpack frame, appended to the stream's buffer as the comm does. A
+  payload holding anything serialized out of band (``Serialize``, ``ToPickle``, …), one
+  msgpack cannot pack, or a large one returns ``None`` before anything is written, and
+  the caller sends it through the comm's own ``write``.
+- **read**: the header and body are read as the comm reads them; a body of one frame
+  whose bytes hold no ``"__"`` (so no dict of it can carry the ``__Serialized__``,
+  ``__Pickled__``, ``__Set__`` or ``__Enum__`` marks that distributed's hook looks for:
+  the hook would return each dict unchanged) is decoded by msgpack without the hook.
+  Anything else — several frames, a mark, a large body — goes through distributed's
+  ``from_frames`` on the frames read, exactly as the comm would.
+
+Only ``distributed.comm.tcp.TCP`` itself qualifies (not TLS, not a subclass, not another
+backend): :func:`eligible`. ``read`` is set on the comm instance by :func:`install_read`;
+nothing is set on distributed's classes.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from enum import Enum
+from typing import Any
+
+import msgpack
+from distributed.comm import tcp as _tcp
+from distributed.comm.core import CommClosedError
+from distributed.comm.utils import OFFLOAD_THRESHOLD, from_frames
+from distributed.protocol import pickle as _pickle
+from distributed.protocol.compression import maybe_compress
+from distributed.protocol.serialize import ToPickle, msgpack_encode_default
+from distributed.protocol.utils import unpack_frames
+from distributed.utils import ensure_memoryview, nbytes
+from tornado.iostream import StreamClosedError
+
+logger = logging.getLogger("distributed.fastworker")
+
+#: The prelude of a one-frame message: bytes that follow the first word, frame count,
+#: frame length ("Q" each, native order, as distributed packs them).
+_PRELUDE = struct.Struct("QQQ")
+_WORD = struct.Struct("Q")
+#: A body up to this size is read in one ``read_bytes``; larger ones as the comm does.
+SMALL_BODY = 1 << 16
+#: Larger payloads go through the comm's own write (which may serialize them in a thread).
+LIMIT = OFFLOAD_THRESHOLD or (10 << 20)
+
+
+class _Unusual(Exception):
+    """Raised from the msgpack hook: the payload needs distributed's own dumps."""
+
+
+class _Packing:
+    """One payload being packed: its frames (frame 0 is the msgpack frame, filled
+    last) and the comm's compression setting for out-of-band buffers."""
+
+    __slots__ = ("frames", "compress_opts", "packer")
+
+    def __init__(self) -> None:
+        self.frames: list = [None]
+        self.compress_opts: dict = {}
+        self.packer = msgpack.Packer(default=self.default, use_bin_type=True)
+
+    def default(self, obj: Any) -> Any:
+        # msgpack calls this for what it cannot pack natively: what distributed's
+        # dumps hook does for ToPickle (pickled out of band, into sub-frames after a
+        # sub-header) and, through msgpack_encode_default, for sets and enums.
+        # Anything else (Serialize, Serialized, Pickled, subclasses, objects for the
+        # pickle fallback) is left to distributed.
+        cls = type(obj)
+        if cls is ToPickle:
+            frames = self.frames
+            offset = len(frames)
+            sub_frames: list = []
+            pickled = _pickle.dumps(
+                obj.data, buffer_callback=lambda b: sub_frames.append(ensure_memoryview(b))
+            )
+            compression = []
+            for i, frame in enumerate(sub_frames):
+                compression_i, sub_frames[i] = maybe_compress(frame, **self.compress_opts)
+                compression.append(compression_i)
+            sub_header = {
+                "pickled-obj": pickled,
+                "compression": tuple(compression),
+                "num-sub-frames": len(sub_frames),
+            }
+            frames.append(msgpack.dumps(sub_header))
+            frames.extend(sub_frames)
+            return {"__Pickled__": offset}
+        if cls is set or isinstance(obj, Enum):
+            return msgpack_encode_default(obj)
+        raise _Unusual
+
+    def pack(self, payload: Any, compress_opts: dict) -> list | None:
+        self.frames = frames = [None]
+        self.compress_opts = compress_opts
+        try:
+            frames[0] = self.packer.pack(payload)
+        except Exception:
+            # _Unusual, or TypeError/ValueError/OverflowError: distributed's dumps has
+            # its own fallbacks and errors for these; leave the payload to it.
+            self.packer.reset()
+            return None
+        finally:
+            self.frames = [None]
+        return frames
+
+
+_packing = _Packing()
+
+
+def eligible(comm: Any) -> bool:
+    """Whether ``comm`` is a plain TCP comm, the only kind :func:`write`/:func:`read`
+    serve, and this release's comm frames the sample messages as :func:`write` does."""
+    return type(comm) is _tcp.TCP and selfcheck() is None
+
+
+#: Messages of the shapes the batched streams carry, for :func:`selfcheck`.
+def _samples() -> list:
+    return [
+        [{"op": "free-keys", "keys": ["x", ("y", 0)], "stimulus_id": "s-1"}],
+        [{"op": "task-finished", "key": "inc-1", "nbytes": 28, "type": b"\x80\x04int",
+          "metadata": {}, "thread": 140, "startstops": ({"action": "compute",
+          "start": 1.5, "stop": 2.5},), "stimulus_id": "s-2"}, {"op": "close-stream"}],
+        [{"op": "compute-task", "key": "f-1", "priority": (0, 1, -2),
+          "run_spec": ToPickle((len, "abc")), "who_has": {"x": ["tcp://a:1"]},
+          "resource_restrictions": {}, "annotations": {"k": {1, 2}}}],
+        [{"op": "x", "data": ToPickle(bytearray(b"0123456789" * 2000)),
+          "big": ToPickle(memoryview(b"ab" * 40_000))}],
+    ]
+
+
+_selfcheck: list = []
+
+
+def selfcheck() -> str | None:
+    """None if :func:`pack`'s frames and their framing are byte for byte those of this
+    release's ``protocol.dumps`` and TCP comm for sample messages; else why not (then
+    every write and read goes through the comm). Worked out once per process."""
+    if not _selfcheck:
+        from distributed.protocol import dumps
+
+        reason = None
+        for sample in _samples():
+            try:
+                ours = pack(sample)
+                theirs = dumps(sample, on_error="raise")
+            except Exception as e:  # pragma: no cover - a release we do not know
+                reason = f"packing a sample message failed: {e!r}"
+                break
+            if ours is None:
+                reason = f"fastworker.wire cannot pack {sample!r}"
+                break
+            framed = frame(ours)
+            if framed is None or b"".join(map(bytes, framed[0])) != b"".join(
+                map(bytes, _tcp._add_frames_header(theirs)[0])
+            ):
+                reason = "this release frames messages differently"
+                break
+        _selfcheck.append(reason)
+        if reason:
+            logger.info("fastworker: small messages go through distributed's comm: %s", reason)
+    return _selfcheck[0]
+
+
+def pack(payload: Any, compress_opts: dict | None = None) -> list | None:
+    """The frames distributed's ``dumps`` makes of ``payload`` (a msgpack frame, then
+    the sub-header and buffers of each ``ToPickle``), or None if it needs more."""
+    global _packing
+    packing = _packing
+    _packing = None  # re-entered (pickling code that writes): a packer of its own
+    try:
+        return (packing or _Packing()).pack(payload, compress_opts or {})
+    finally:
+        _packing = packing or _Packing()
+
+
+def _compress_opts(comm: Any) -> dict:
+    options = comm.handshake_options
+    return {"compression": options["compression"]} if "compression" in options else {}
+
+
+def frame(frames: list) -> tuple[Any, int] | None:
+    """The chunks the TCP comm writes for ``frames`` and their total size, or None if
+    the payload is too large for the loop (the comm may serialize it in a thread)."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        only = frames[0]
+        n = len(only)
+        if n > LIMIT:
+            return None
+        return (_PRELUDE.pack(n + 16, 1, n) + only,), n + 24
+    if sum(map(nbytes, frames)) > LIMIT:
+        return None
+    # the comm's own framing (prelude, what is read in one go, joining)
+    chunks, _, total = _tcp._add_frames_header(frames)
+    return chunks, total
+
+
+def write(comm: Any, payload: Any) -> int | None:
+    """Write ``payload`` to the TCP ``comm`` as its ``write`` would; return the bytes
+    written, or None (nothing written) if it must go through ``comm.write``."""
+    stream = comm.stream
+    if stream is None:
+        return None
+    frames = pack(payload, _compress_opts(comm))
+    if frames is None:
+        return None
+    framed = frame(frames)
+    if framed is None:
+        return None
+    chunks, total = framed
+    try:
+        buffer = stream._write_buffer
+        for chunk in chunks:
+            if buffer is None:
+                raise StreamClosedError()
+            buffer.append(chunk if type(chunk) is bytes else ensure_memoryview(chunk))
+        stream._total_write_index += total
+        stream.write(b"")
+    except StreamClosedError as e:
+        comm.stream = None
+        comm._closed = True
+        _tcp.convert_stream_closed_error(comm, e)
+    except BaseException:
+        # as the comm does: nothing is known of what reached the socket
+        comm.abort()
+        raise
+    return total
+
+
+async def read(comm: Any, deserializers: Any = None) -> Any:
+    """What ``comm.read()`` returns, decoding a small plain message without the hook."""
+    stream = comm.stream
+    if stream is None:
+        raise CommClosedError()
+    try:
+        head = await stream.read_bytes(8)
+        (size,) = _WORD.unpack(head)
+        if size <= SMALL_BODY:
+            body = await stream.read_bytes(size)
+            if (
+                size >= 24
+                and _WORD.unpack_from(body)[0] == 1
+                and _WORD.unpack_from(body, 8)[0] == size - 16
+            ):
+                frame = memoryview(body)[16:]
+                if b"__" not in frame:
+                    return msgpack.loads(frame, use_list=False, strict_map_key=False, raw=False)
+            frames_nosplit = _tcp.host_array(size)
+            frames_nosplit[:] = body
+        else:
+            frames_nosplit = await _tcp.read_bytes_rw(stream, size)
+        frames, buffers_nbytes = unpack_frames(frames_nosplit, partial=True)
+        for nbytes in buffers_nbytes:
+            frames.append(await _tcp.read_bytes_rw(stream, nbytes))
+    except (StreamClosedError, _tcp.SSLError) as e:
+        comm.stream = None
+        comm._closed = True
+        _tcp.convert_stream_closed_error(comm, e)
+    except BaseException:
+        comm.abort()
+        raise
+    try:
+        return await from_frames(
+            frames,
+            deserialize=comm.deserialize,
+            deserializers=deserializers,
+            allow_offload=comm.allow_offload,
+        )
+    except EOFError:
+        comm.abort()
+        raise CommClosedError("aborted stream on truncated data")
+
+
+def install_read(comm: Any) -> bool:
+    """Give the TCP ``comm`` instance :func:`read` as its ``read``; idempotent."""
+    if not eligible(comm):
+        return False
+    if "read" not in vars(comm):
+
+        async def _read(deserializers: Any = None) -> Any:
+            return await read(comm, deserializers)
+
+        comm.read = _read
+    return True
+
+
+def installed(comm: Any) -> bool:
+    """Whether :func:`install_read` gave ``comm`` its ``read``."""
+    return "read" in getattr(comm, "__dict__", ())
