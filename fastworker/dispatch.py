@@ -239,7 +239,13 @@ async def _send_loop(stream: BatchedSend, fast: bool = False) -> None:
                 stream.next_deadline = time() + interval
             try:
                 comm = stream.comm
-                nbytes = wire.write(comm, payload) if fast else None
+                # a write set on the comm instance (a test's, another extension's)
+                # is honoured: then the comm's write it is
+                nbytes = (
+                    wire.write(comm, payload)
+                    if fast and "write" not in comm.__dict__
+                    else None
+                )
                 if nbytes is None:
                     nbytes = await comm.write(
                         payload, serializers=stream.serializers, on_error="raise"

@@ -99,6 +99,7 @@ class SchedulerPlugin(_BasePlugin):
         """What ``fastworker.status`` reports for the scheduler."""
         modes: dict[str, int] = {}
         loops: dict[str, int] = {}
+        wires: dict[str, int] = {}
         paced = 0
         streams = list(self.scheduler.stream_comms.values()) if self.scheduler else []
         for stream in streams:
@@ -108,6 +109,7 @@ class SchedulerPlugin(_BasePlugin):
                 state = pacer.state()
                 modes[state["mode"]] = modes.get(state["mode"], 0) + 1
                 loops[state["loop"]] = loops.get(state["loop"], 0) + 1
+                wires[state["wire"]] = wires.get(state["wire"], 0) + 1
         return {
             "scheduler_plugin": self.active,
             "reason": self.reason,
@@ -115,6 +117,8 @@ class SchedulerPlugin(_BasePlugin):
             "paced_streams": paced,
             "modes": modes,
             "loops": loops,
+            # who frames, writes and reads the small messages (fastworker.wire)
+            "wires": wires,
             "rule": asdict(self.rule) if self.rule else None,
         }
 
@@ -134,6 +138,7 @@ def scheduler_status(scheduler: Any) -> dict:
             "paced_streams": 0,
             "modes": {},
             "loops": {},
+            "wires": {},
         }
     info["version"] = __version__
     return info

@@ -254,13 +254,15 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
         if size <= SMALL_BODY:
             body = await stream.read_bytes(size)
             if (
-                size >= 24
+                size > 16
                 and _WORD.unpack_from(body)[0] == 1
                 and _WORD.unpack_from(body, 8)[0] == size - 16
             ):
-                frame = memoryview(body)[16:]
-                if b"__" not in frame:
-                    return msgpack.loads(frame, use_list=False, strict_map_key=False, raw=False)
+                # (bytes.find: a memoryview's `in` compares items, not substrings)
+                if body.find(b"__", 16) < 0:
+                    return msgpack.loads(
+                        memoryview(body)[16:], use_list=False, strict_map_key=False, raw=False
+                    )
             frames_nosplit = _tcp.host_array(size)
             frames_nosplit[:] = body
         else:

@@ -254,7 +254,11 @@ def test_plugin_paces_present_and_joining_workers_and_status_says_so(caplog):
                 # b, adopted before its stream started, runs the Pacer's
                 assert status["loops"] == {"distributed": 1, "fastworker": 1}
                 assert dispatch.Pacer.of(s.stream_comms[b.address]).sender is not None
-                assert status["rule"] == {"busy_rate": 5000.0, "window": 0.05, "interval": 0.0}
+                # the comm of a stream adopted while running keeps its own framing
+                assert status["wires"] == {"distributed": 1, "fastworker": 1}
+                assert status["rule"] == {
+                    "busy_rate": 5000.0, "window": 0.05, "interval": 0.0, "wire": True,
+                }
                 futures = c.map(operator.add, range(100), range(100))
                 assert await c.gather(futures) == [2 * i for i in range(100)]
                 # stock workers keep their own stream stock

@@ -1,0 +1,372 @@
+"""fastworker.wire against distributed's own TCP comm, on real TCP connections.
+
+Every payload is written once through :func:`fastworker.wire.write` and once through
+the comm's own ``write``; the raw bytes that arrive are compared byte for byte, and
+what :func:`fastworker.wire.read` decodes is compared with what the comm's ``read``
+decodes of the same bytes. Payloads the wire must leave to the comm are checked to
+write nothing. Faults (peer gone, connection cut mid-message, a release that frames
+differently) end as distributed's comm ends them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+from distributed.comm import connect, listen
+from distributed.comm.core import CommClosedError
+from distributed.comm.tcp import TCP
+from distributed.core import Status  # an enum the decoder may import
+from distributed.protocol.serialize import Pickled, Serialize, ToPickle
+
+from fastworker import dispatch, wire
+
+LOGGER = "distributed.fastworker"
+STOCK_READ = TCP.__dict__["read"]
+
+
+def run(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _task(x, y=1):
+    return x + y
+
+
+PLAIN = {
+    "free-keys": [{"op": "free-keys", "keys": ["a", ("b", 0), ("c", 1, 2)], "stimulus_id": "s"}],
+    "task-finished": [
+        {"op": "task-finished", "key": "inc-0", "nbytes": 28, "type": pickle.dumps(int),
+         "typename": "int", "metadata": {}, "thread": 139, "startstops": (
+             {"action": "compute", "start": 1.25, "stop": 1.5},), "stimulus_id": "s-1"},
+        {"op": "task-finished", "key": ("x", 3), "nbytes": 0, "metadata": {"m": [1.5, None]}},
+    ],
+    "scalars": [{"op": "x", "i": 2**63 - 1, "n": -(2**63), "f": float("inf"), "t": True,
+                 "none": None, "b": b"\x00\xff", "u": "ünïcode ✓", "e": "", "l": [], "d": {}}],
+    "int keys": [{"op": "x", "nbytes": {1: 2, "a": 3}, "who_has": {"k": ["tcp://a:1"]}}],
+    "set and enum": [{"op": "x", "keys": {"a", "b"}, "c": Status.running}],
+    "a dunder that is no mark": [{"op": "x", "key": "a__b", "__c__": 1}],
+    "many": [{"op": "free-keys", "keys": [f"k-{i}" for i in range(50)], "stimulus_id": str(i)}
+             for i in range(200)],
+    "close-stream": [{"op": "close-stream"}],
+    "not a list": {"op": "x", "k": 1},
+}
+PICKLED = {
+    "compute-task": [{"op": "compute-task", "key": "f-1", "priority": (0, 1, -2),
+                      "run_spec": ToPickle((_task, 1)), "who_has": {}, "nbytes": {},
+                      "resource_restrictions": {}, "actor": False, "annotations": {}}],
+    "two ToPickle": [{"op": "x", "a": ToPickle([1, 2]), "b": ToPickle({"c": (3,)})}],
+    "out-of-band buffers": [{"op": "x", "data": ToPickle(np.arange(50_000)),
+                             "small": ToPickle(np.ones(3))}],
+    "compressible buffer": [{"op": "x", "data": ToPickle(np.zeros(200_000))}],
+}
+UNUSUAL = {
+    "Serialize": [{"op": "x", "data": Serialize([1, 2, 3])}],
+    "Pickled": [{"op": "x", "data": Pickled({"pickled-obj": pickle.dumps(1)}, [])}],
+    "not msgpack": [{"op": "x", "data": object()}],
+    "a ToPickle subclass": [{"op": "x", "data": type("Sub", (ToPickle,), {})(1)}],
+}
+
+
+async def _pairs(n):
+    """n connected (sending client comm, receiving server comm) TCP pairs."""
+    accepted: asyncio.Queue = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def handle(comm):
+        await accepted.put(comm)
+        await done.wait()
+
+    listener = listen("tcp://127.0.0.1:0", handle)
+    await listener.start()
+    pairs = []
+    for _ in range(n):
+        client = await connect(listener.contact_address)
+        pairs.append((client, await accepted.get()))
+    return listener, done, pairs
+
+
+async def _close(listener, done, pairs):
+    done.set()
+    for a, b in pairs:
+        await a.close()
+        await b.close()
+    listener.stop()
+
+
+async def _raw(comm, nbytes):
+    return await comm.stream.read_bytes(nbytes)
+
+
+async def _write_both(payload, compression=None):
+    """(bytes written by the wire, bytes written by the comm, wire's count, comm's)."""
+    listener, done, pairs = await _pairs(2)
+    try:
+        (fast, fast_peer), (stock, stock_peer) = pairs
+        assert type(fast) is TCP and wire.eligible(fast)
+        if compression:
+            # what two hosts that agree on it would have settled on in the handshake
+            # (peers on one host never compress)
+            fast.handshake_options["compression"] = compression
+            stock.handshake_options["compression"] = compression
+        ours = wire.write(fast, payload)
+        theirs = await stock.write(payload, on_error="raise")
+        assert ours is not None, "the wire left a payload it serves to the comm"
+        return await _raw(fast_peer, ours), await _raw(stock_peer, theirs), ours, theirs
+    finally:
+        await _close(listener, done, pairs)
+
+
+@pytest.mark.parametrize("name", list(PLAIN) + list(PICKLED))
+def test_write_sends_the_comms_bytes(name):
+    payload = {**PLAIN, **PICKLED}[name]
+    ours, theirs, n_ours, n_theirs = run(_write_both(payload))
+    assert n_ours == n_theirs == len(theirs)
+    assert ours == theirs
+
+
+def test_write_sends_the_comms_bytes_with_compression():
+    """The comms agreed on zlib in their handshake: buffers are compressed alike."""
+    ours, theirs, _, _ = run(_write_both(PICKLED["compressible buffer"], "zlib"))
+    assert ours == theirs
+    assert len(ours) < 200_000 * 8 // 10  # it was compressed
+
+
+def test_the_byte_comparison_can_fail():
+    """A payload that differs in one message gives other bytes: the comparison above
+    would catch a wire that dropped, reordered or re-encoded anything."""
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            payload = PLAIN["task-finished"]
+            n1 = wire.write(a, payload)
+            n2 = await b.write(payload[::-1], on_error="raise")
+            return await _raw(pa, n1), await _raw(pb, n2)
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs = run(main())
+    assert len(ours) == len(theirs) and ours != theirs
+
+
+@pytest.mark.parametrize("name", list(UNUSUAL) + ["large"])
+def test_unusual_payloads_are_left_to_the_comm(name):
+    """Nothing is written: the caller sends these through the comm's own write."""
+    payload = UNUSUAL.get(name) or [{"op": "x", "data": b"x" * (wire.LIMIT + 1)}]
+
+    async def main():
+        listener, done, pairs = await _pairs(1)
+        try:
+            ((comm, _),) = pairs
+            before = comm.stream._total_write_index
+            assert wire.write(comm, payload) is None
+            assert comm.stream._total_write_index == before
+            # and the packer is left clean for the next payload
+            return wire.write(comm, PLAIN["free-keys"])
+        finally:
+            await _close(listener, done, pairs)
+
+    assert run(main()) > 0
+
+
+def _same(a, b):
+    """Equal, with the same container types all the way down."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and (a == b).all() and a.flags.writeable == b.flags.writeable
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("name", list(PLAIN) + list(PICKLED) + list(UNUSUAL)[:1])
+def test_read_decodes_what_the_comm_decodes(name):
+    payload = {**PLAIN, **PICKLED, **UNUSUAL}[name]
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            await a.write(payload, on_error="raise")
+            await b.write(payload, on_error="raise")
+            return await wire.read(pa), await pb.read()
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs = run(main())
+    _same(ours, theirs)
+    if name in PICKLED:
+        assert "__Pickled__" not in repr(ours)
+
+
+def test_install_read_serves_the_comms_read_on_that_instance_only():
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            assert wire.install_read(pa) and wire.installed(pa)
+            assert wire.install_read(pa)  # idempotent
+            assert not wire.installed(pb) and "read" not in vars(pb)
+            assert TCP.__dict__["read"] is STOCK_READ  # the class is untouched
+            for payload in (PLAIN["free-keys"], PICKLED["compute-task"]):
+                await a.write(payload, on_error="raise")
+                await b.write(payload, on_error="raise")
+                _same(await pa.read(), await pb.read())
+        finally:
+            await _close(listener, done, pairs)
+
+    run(main())
+
+
+def test_writing_to_a_closed_peer_ends_as_the_comms_write_does():
+    """The peer goes away: both the wire and the comm raise CommClosedError within a
+    few writes and leave the comm closed."""
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        (a, pa), (b, pb) = pairs
+        pa.abort()
+        pb.abort()
+        outcomes = []
+        for comm, write in ((a, lambda p: wire.write(a, p)), (b, None)):
+            for _ in range(200):
+                try:
+                    if write is None:
+                        await comm.write(PLAIN["free-keys"], on_error="raise")
+                    else:
+                        write(PLAIN["free-keys"])
+                except CommClosedError:
+                    outcomes.append(comm.closed())
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                outcomes.append("never raised")
+        await _close(listener, done, pairs)
+        return outcomes
+
+    assert run(main()) == [True, True]
+
+
+def test_a_message_cut_short_ends_the_read_as_the_comms_read():
+    """The sender dies after half a message: both reads raise CommClosedError."""
+
+    async def main():
+        accepted: asyncio.Queue = asyncio.Queue()
+        done = asyncio.Event()
+
+        async def handle(comm):
+            await accepted.put(comm)
+            await done.wait()
+
+        listener = listen("tcp://127.0.0.1:0", handle)
+        await listener.start()
+        results = []
+        try:
+            for reader in (wire.read, lambda comm: comm.read()):
+                sender = await connect(listener.contact_address)
+                receiver = await accepted.get()
+                # a prelude promising 100 bytes, then 10 of them, then the socket dies
+                sock = sender.stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sender.stream.write(struct.pack("QQQ", 116, 1, 100) + b"\x91" * 10)
+                await asyncio.sleep(0.05)
+                sender.abort()
+                try:
+                    await reader(receiver)
+                    results.append("returned")
+                except CommClosedError:
+                    results.append(receiver.closed())
+        finally:
+            done.set()
+            listener.stop()
+        return results
+
+    assert run(main()) == [True, True]
+
+
+def test_a_release_that_frames_otherwise_keeps_the_comm(monkeypatch, caplog):
+    """If this release's dumps and framing disagree with the wire on the sample
+    messages, no comm is eligible, once logged, and a paced stream writes through the
+    comm."""
+    import distributed.protocol
+
+    real = distributed.protocol.dumps
+    monkeypatch.setattr(distributed.protocol, "dumps", lambda msg, **kw: real(msg, **kw) + [b""])
+    monkeypatch.setattr(wire, "_selfcheck", [])
+
+    async def main():
+        listener, done, pairs = await _pairs(1)
+        try:
+            ((comm, peer),) = pairs
+            with caplog.at_level(logging.INFO, logger=LOGGER):
+                assert not wire.eligible(comm)
+                assert not wire.eligible(comm)
+            assert not wire.install_read(peer)
+        finally:
+            await _close(listener, done, pairs)
+
+    run(main())
+    assert wire.selfcheck() == "this release frames messages differently"
+    messages = [r.getMessage() for r in caplog.records if "distributed's comm" in r.getMessage()]
+    assert len(messages) == 1
+
+
+def test_this_release_passes_the_selfcheck():
+    assert wire.selfcheck() is None
+
+
+def test_pacer_loop_writes_through_the_wire_and_the_stream_counts_match(monkeypatch):
+    """A stream adopted before it starts: its payloads leave through the wire, the
+    byte count is the comm's, and the peer's comm reads them back in order."""
+    from distributed.batched import BatchedSend
+
+    written = []
+    real_write = wire.write
+
+    def spy(comm, payload):
+        written.append(real_write(comm, payload))
+        return written[-1]
+
+    monkeypatch.setattr(wire, "write", spy)
+
+    async def main():
+        listener, done, pairs = await _pairs(1)
+        try:
+            ((comm, peer),) = pairs
+            stream = BatchedSend(interval="5ms")
+            pacer = dispatch.Pacer.adopt(stream, dispatch.Rule())
+            stream.start(comm)
+            await asyncio.sleep(0)  # start() schedules the sending loop
+            assert pacer.state()["wire"] == "fastworker"
+            expected = 0
+            for i in range(20):
+                msg = {"op": "free-keys", "keys": [f"k{i}"], "stimulus_id": f"s{i}"}
+                stream.send(msg)
+                expected += 1
+                if i % 3 == 0:
+                    await asyncio.sleep(0)
+            got = []
+            while len(got) < expected:
+                got.extend(await peer.read())
+            assert [m["stimulus_id"] for m in got] == [f"s{i}" for i in range(20)]
+            assert stream.message_count == 20
+            assert written and None not in written and stream.byte_count == sum(written)
+            await stream.close()
+        finally:
+            await _close(listener, done, pairs)
+
+    run(main())
