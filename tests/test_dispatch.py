@@ -640,17 +640,24 @@ async def _remove(dask_scheduler, address):
     await dask_scheduler.remove_worker(address, stimulus_id="test-remove", close=True)
 
 
+@pytest.mark.parametrize("plugin", ["registered", "preloaded"])
 @pytest.mark.parametrize("how", ["killed", "removed"])
-def test_worker_removal_and_reconnect_mid_stream(how):
+def test_worker_removal_and_reconnect_mid_stream(how, plugin):
     """Worker processes (Nannies) with the plugin: one worker leaves while tasks
     stream to it (its process killed, and its Nanny starts a new one; or removed by
     the scheduler, and the cluster scaled back up), the new worker joins paced, and
-    nothing is lost."""
+    nothing is lost. Registered on the running cluster, the plugin paces streams that
+    keep distributed's sending loop and comm; preloaded, every stream has the Pacer's
+    loop and fastworker.wire's writes and reads on both ends."""
+    preload = {"preload": ["fastworker"]} if plugin == "preloaded" else {}
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-        worker_class=fastworker.Nanny, silence_logs=logging.ERROR,
+        worker_class=fastworker.Nanny, silence_logs=logging.ERROR, scheduler_kwargs=preload,
     ) as cluster, Client(cluster) as c:
-        c.register_plugin(fastworker.SchedulerPlugin())
+        if plugin == "registered":
+            c.register_plugin(fastworker.SchedulerPlugin())
+        else:
+            assert c.run_on_scheduler(fastworker.status)["wires"] == {"fastworker": 2}
         first = sorted(c.scheduler_info()["workers"])
         victim = first[0]
         futures = c.map(_sleep_then, range(400), delay=0.01, pure=False)
@@ -674,4 +681,47 @@ def test_worker_removal_and_reconnect_mid_stream(how):
         status = c.run_on_scheduler(fastworker.status)
         assert status["scheduler_plugin"] is True
         assert status["streams"] == status["paced_streams"] == 2
+        if plugin == "preloaded":
+            assert status["wires"] == {"fastworker": 2}
         assert sum(c.gather(c.map(operator.neg, range(100)))) == -sum(range(100))
+
+
+def test_client_gone_with_messages_buffered():
+    """A client whose connection dies while the scheduler streams tasks for it to
+    the workers (and reports to it are buffered): its tasks are released on every
+    worker, the cluster keeps serving another client, and the paced streams and
+    their wire carry on."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        worker_class=fastworker.Nanny, silence_logs=logging.ERROR,
+        scheduler_kwargs={"preload": ["fastworker"]},
+    ) as cluster, Client(cluster) as other:
+        assert other.run_on_scheduler(fastworker.status)["wires"] == {"fastworker": 2}
+        doomed = Client(cluster)
+        futures = doomed.map(_sleep_then, range(2_000), delay=0.002, pure=False)
+        while sum(f.done() for f in futures) < 50:
+            time.sleep(0.01)
+        keys = {f.key for f in futures}
+        # the connection dies under the client: no goodbye, reports still buffered
+        doomed.loop.add_callback(doomed.scheduler_comm.comm.abort)
+        deadline = time.monotonic() + 60
+        while True:
+            held = other.run(_held_keys, keys=keys)
+            on_scheduler = other.run_on_scheduler(_known_keys, keys=keys)
+            if not on_scheduler and not any(held.values()):
+                break
+            assert time.monotonic() < deadline, (on_scheduler, held)
+            time.sleep(0.1)
+        status = other.run_on_scheduler(fastworker.status)
+        assert status["streams"] == status["paced_streams"] == 2
+        assert status["wires"] == {"fastworker": 2}
+        assert other.gather(other.map(operator.neg, range(300))) == [-i for i in range(300)]
+        doomed.close(timeout=5)
+
+
+def _held_keys(dask_worker, keys):
+    return len(keys & set(dask_worker.state.tasks))
+
+
+def _known_keys(dask_scheduler, keys):
+    return len(keys & set(dask_scheduler.tasks))
