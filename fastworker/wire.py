@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from ssl import SSLError
 from enum import Enum
 from typing import Any
 
@@ -159,18 +160,18 @@ def selfcheck() -> str | None:
         for sample in _samples():
             try:
                 ours = pack(sample)
-                theirs = dumps(sample, on_error="raise")
-            except Exception as e:  # pragma: no cover - a release we do not know
-                reason = f"packing a sample message failed: {e!r}"
-                break
-            if ours is None:
-                reason = f"fastworker.wire cannot pack {sample!r}"
-                break
-            framed = frame(ours)
-            if framed is None or b"".join(map(bytes, framed[0])) != b"".join(
-                map(bytes, _tcp._add_frames_header(theirs)[0])
-            ):
-                reason = "this release frames messages differently"
+                if ours is None:
+                    reason = f"fastworker.wire cannot pack {sample!r}"
+                    break
+                framed = frame(ours)
+                theirs = _tcp._add_frames_header(dumps(sample, on_error="raise"))[0]
+                if framed is None or b"".join(map(bytes, framed[0])) != b"".join(
+                    map(bytes, theirs)
+                ):
+                    reason = "this release frames messages differently"
+                    break
+            except Exception as e:  # a release whose comm or protocol we do not know
+                reason = f"framing a sample message failed: {e!r}"
                 break
         _selfcheck.append(reason)
         if reason:
@@ -270,7 +271,7 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
         frames, buffers_nbytes = unpack_frames(frames_nosplit, partial=True)
         for nbytes in buffers_nbytes:
             frames.append(await _tcp.read_bytes_rw(stream, nbytes))
-    except (StreamClosedError, _tcp.SSLError) as e:
+    except (StreamClosedError, SSLError) as e:
         comm.stream = None
         comm._closed = True
         _tcp.convert_stream_closed_error(comm, e)
