@@ -80,6 +80,22 @@ def record_stream(server, log: list, tag=None) -> None:
         server.stream_handlers[op] = wrapper
 
 
+#: What the scheduler reports to a client about its keys.
+CLIENT_OPS = {"key-in-memory", "lost-data", "cancelled-keys", "task-erred", "task-retried"}
+
+
+def record_client(client, log: list) -> None:
+    """Wrap the client's report handlers likewise (distributed's Client looks them up
+    per message in ``_stream_handlers``)."""
+    for op, handler in list(client._stream_handlers.items()):
+
+        def wrapper(*args, __op=op, __h=handler, **kwargs):
+            log.append(("client", __op, dict(kwargs)))
+            return __h(*args, **kwargs)
+
+        client._stream_handlers[op] = wrapper
+
+
 # Fields that carry times, thread ids or per-run counters, not the content compared
 # ("duration": the scheduler's measured estimate that compute-task carries up to
 # distributed 2025.1.0).
@@ -115,6 +131,7 @@ async def record_run(config: Dispatch, graph, *, nthreads=1, dispatch_on=True, p
     With ``plugin_first`` the plugin is on the scheduler before the worker joins."""
     received_by_scheduler: list = []
     received_by_worker: list = []
+    received_by_client: list = []
     with dask.config.set({"fastworker.dispatch.enabled": dispatch_on}):
         async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
             record_stream(s, received_by_scheduler)
@@ -126,6 +143,7 @@ async def record_run(config: Dispatch, graph, *, nthreads=1, dispatch_on=True, p
                 s.address, asynchronous=True
             ) as c:
                 record_stream(w, received_by_worker)
+                record_client(c, received_by_client)
                 if config.plugin and not plugin_first:
                     await c.register_plugin(fastworker.SchedulerPlugin())
                 if config.plugin:
@@ -142,6 +160,7 @@ async def record_run(config: Dispatch, graph, *, nthreads=1, dispatch_on=True, p
         task_messages(received_by_scheduler, addresses),
         task_messages(received_by_worker, addresses),
         result,
+        [normalize(e, addresses) for e in received_by_client if e[1] in CLIENT_OPS],
     )
 
 
@@ -164,15 +183,19 @@ def test_same_messages_in_the_same_order_as_stock(workers, plugin_first):
     worker_class = STOCK.worker_class if workers == "stock" else FAST_PLUGIN.worker_class
     stock = Dispatch("stock", worker_class, False)
     paced = Dispatch("paced", worker_class, True)
-    s_sched, s_worker, s_result = run(record_run(stock, _map_then_tree, dispatch_on=False))
-    p_sched, p_worker, p_result = run(
+    s_sched, s_worker, s_result, s_client = run(
+        record_run(stock, _map_then_tree, dispatch_on=False)
+    )
+    p_sched, p_worker, p_result, p_client = run(
         record_run(paced, _map_then_tree, dispatch_on=True, plugin_first=plugin_first)
     )
     assert s_result == p_result == sum(i * i for i in range(60))
     assert len([m for m in s_worker if m[1] == "compute-task"]) == 61
     assert len([m for m in s_sched if m[1] == "task-finished"]) == 61
+    assert len([m for m in s_client if m[1] == "key-in-memory"]) >= 61
     assert p_worker == s_worker
     assert p_sched == s_sched
+    assert p_client == s_client
 
 
 def test_recording_tells_a_reordered_stream_apart():
@@ -219,7 +242,7 @@ def test_recording_tells_a_reordered_stream_apart():
                 addresses = [w.address]
         return task_messages(received, addresses)
 
-    _, s_worker, _ = run(record_run(STOCK, _map_then_tree, dispatch_on=False))
+    _, s_worker, _, _ = run(record_run(STOCK, _map_then_tree, dispatch_on=False))
     assert run(swapped(STOCK, _map_then_tree)) != s_worker
 
 
