@@ -74,6 +74,15 @@ def test_dispatch_page_table_is_that_of_its_results():
     assert all("fastworker+plugin" in r["medians"] for r in rows)
 
 
+@pytest.mark.parametrize("run, sizes", [("dispatch-wire", {1}), ("dispatch-wire-many", {4, 16})])
+def test_dispatch_wire_tables_are_those_of_their_results(run, sizes):
+    """docs/dispatch-wire*: the runs with fastworker.wire on the paced streams."""
+    record = _table_matches_results(os.path.join(DOCS, run))
+    rows = record["dispatch"]["rows"]
+    assert {r["workers"] for r in rows} == sizes
+    assert all("fastworker+plugin" in r["medians"] for r in rows)
+
+
 def test_dispatch_pool_table_is_that_of_its_results():
     """docs/dispatch-pool: the default configuration and the opted-in event loop."""
     record = _table_matches_results(os.path.join(DOCS, "dispatch-pool"))
