@@ -33,17 +33,19 @@ nothing is set on distributed's classes.
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import pickle
 import struct
 from ssl import SSLError
 from enum import Enum
 from typing import Any
 
+import cloudpickle
 import msgpack
 from distributed.comm import tcp as _tcp
 from distributed.comm.core import CommClosedError
 from distributed.comm.utils import OFFLOAD_THRESHOLD, from_frames
-from distributed.protocol import pickle as _pickle
 from distributed.protocol.compression import maybe_compress
 from distributed.protocol.serialize import ToPickle, msgpack_encode_default
 from distributed.protocol.utils import unpack_frames
@@ -64,6 +66,27 @@ LIMIT = OFFLOAD_THRESHOLD or (10 << 20)
 
 class _Unusual(Exception):
     """Raised from the msgpack hook: the payload needs distributed's own dumps."""
+
+
+def _plain_pickle(data: Any, sub_frames: list) -> bytes:
+    """``distributed.protocol.pickle.dumps(data, buffer_callback=...)`` where its first
+    attempt decides: the standard pickler at the highest protocol, buffers out of
+    band, and neither ``__main__`` in the result nor a module registered for
+    pickling by value. Anything else (the Dask pickler, cloudpickle, a failure, which
+    distributed logs) is left to distributed's dumps, so that it runs and logs once."""
+    buffers: list = []
+    try:
+        result = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffers.append)
+    except Exception:
+        raise _Unusual from None
+    if b"__main__" in result or (
+        getattr(inspect.getmodule(data), "__name__", None)
+        in cloudpickle.list_registry_pickle_by_value()
+    ):
+        raise _Unusual
+    for buffer in buffers:
+        sub_frames.append(ensure_memoryview(buffer))
+    return result
 
 
 class _Packing:
@@ -88,9 +111,7 @@ class _Packing:
             frames = self.frames
             offset = len(frames)
             sub_frames: list = []
-            pickled = _pickle.dumps(
-                obj.data, buffer_callback=lambda b: sub_frames.append(ensure_memoryview(b))
-            )
+            pickled = _plain_pickle(obj.data, sub_frames)
             compression = []
             for i, frame in enumerate(sub_frames):
                 compression_i, sub_frames[i] = maybe_compress(frame, **self.compress_opts)
@@ -141,8 +162,9 @@ def _samples() -> list:
         [{"op": "compute-task", "key": "f-1", "priority": (0, 1, -2),
           "run_spec": ToPickle((len, "abc")), "who_has": {"x": ["tcp://a:1"]},
           "resource_restrictions": {}, "annotations": {"k": {1, 2}}}],
+        # out-of-band buffers (each through maybe_compress), as NumPy arrays give
         [{"op": "x", "data": ToPickle(bytearray(b"0123456789" * 2000)),
-          "big": ToPickle(memoryview(b"ab" * 40_000))}],
+          "big": ToPickle(pickle.PickleBuffer(bytearray(b"ab" * 40_000)))}],
     ]
 
 
@@ -157,11 +179,11 @@ def selfcheck() -> str | None:
         from distributed.protocol import dumps
 
         reason = None
-        for sample in _samples():
+        for i, sample in enumerate(_samples()):
             try:
                 ours = pack(sample)
                 if ours is None:
-                    reason = f"fastworker.wire cannot pack {sample!r}"
+                    reason = f"fastworker.wire cannot pack sample message {i}"
                     break
                 framed = frame(ours)
                 theirs = _tcp._add_frames_header(dumps(sample, on_error="raise"))[0]
