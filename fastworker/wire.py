@@ -33,6 +33,7 @@ nothing is set on distributed's classes.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import pickle
@@ -317,11 +318,7 @@ def install_read(comm: Any) -> bool:
     if not eligible(comm):
         return False
     if "read" not in vars(comm):
-
-        async def _read(deserializers: Any = None) -> Any:
-            return await read(comm, deserializers)
-
-        comm.read = _read
+        comm.read = functools.partial(read, comm)  # comm.read() -> read(comm)
     return True
 
 
