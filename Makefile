@@ -59,8 +59,10 @@ dist: $(DEPS_STAMP)
 
 # Each wheel in a fresh venv of its CPython, without Cython or a compiler, installed
 # from dist/ as from an index (pip --no-index --find-links): each way in runs a graph.
+# Also the Dockerfile recipe's pip line against dist/ (docs/deployment.md).
 test-dist: dist
-	FASTWORKER_DIST=dist $(PY) -m pytest tests/test_dist.py $(PYTEST_ARGS)
+	FASTWORKER_DIST=dist $(PY) -m pytest tests/test_dist.py \
+		tests/test_deployment.py::test_dockerfile_recipe $(PYTEST_ARGS)
 
 bench: build
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
