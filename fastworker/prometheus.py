@@ -56,7 +56,8 @@ logger = logging.getLogger("distributed.fastworker")
 
 #: Execution paths and re-run causes, always reported in this order.
 PATHS = ("pool", "inline", "stock")
-RERUN_CAUSES = ("takeback", "fallback")
+#: re-run cause -> the event-loop executor's counter of it (fastworker.inline)
+RERUN_CAUSES = {"takeback": "takeback_count", "fallback": "fallback_count"}
 MODES = ("quiet", "busy", "stock")
 
 _collectors: dict[str, Any] = {}
@@ -133,7 +134,8 @@ class _Collector:
             return iter(())
         return self.families(server)
 
-    def families(self, server: Any) -> Iterator[Any]:  # pragma: no cover - abstract
+    def families(self, server: Any) -> Iterator[Any]:
+        """The metric families of ``server`` (each side defines its own)."""
         raise NotImplementedError
 
 
@@ -172,38 +174,34 @@ class _WorkerCollector(_Collector):
             for path in PATHS:
                 tasks.add_metric([path], tasks_by_path.get(path, 0))
             inline = report["inline_executor"] or {}
-            reruns.add_metric(["takeback"], inline.get("takeback_count", 0))
-            reruns.add_metric(["fallback"], inline.get("fallback_count", 0))
+            for cause, counter in RERUN_CAUSES.items():
+                reruns.add_metric([cause], inline.get(counter, 0))
         yield tasks
         yield reruns
-        yield from _stream_families(
-            self, getattr(worker, "batched_stream", None), report["dispatch"], GaugeMetricFamily,
-            CounterMetricFamily,
+
+        # the worker's stream to the scheduler: its dispatch mode, messages and writes
+        stream = getattr(worker, "batched_stream", None)
+        mode = "stock" if report["dispatch"] is None else report["dispatch"]["mode"]
+        modes = GaugeMetricFamily(
+            self.name("dispatch_mode"),
+            "Dispatch mode of the worker's stream to the scheduler (quiet: low-latency; "
+            "busy: distributed's batching; stock: not paced by fastworker)",
+            labels=["mode"],
         )
-
-
-def _stream_families(collector, stream, state, gauge, counter) -> Iterator[Any]:
-    """The dispatch mode and message/write counters of a worker's stream."""
-    mode = "stock" if state is None else state["mode"]
-    modes = gauge(
-        collector.name("dispatch_mode"),
-        "Dispatch mode of the worker's stream to the scheduler (quiet: low-latency; "
-        "busy: distributed's batching; stock: not paced by fastworker)",
-        labels=["mode"],
-    )
-    for m in MODES:
-        modes.add_metric([m], int(m == mode))
-    yield modes
-    yield counter(
-        collector.name("stream_messages"),
-        "Messages sent on the worker's stream to the scheduler",
-        value=getattr(stream, "message_count", 0),
-    )
-    yield counter(
-        collector.name("stream_writes"),
-        "Writes on the worker's stream to the scheduler (each carries one or more messages)",
-        value=getattr(stream, "batch_count", 0),
-    )
+        for m in MODES:
+            modes.add_metric([m], int(m == mode))
+        yield modes
+        yield CounterMetricFamily(
+            self.name("stream_messages"),
+            "Messages sent on the worker's stream to the scheduler",
+            value=getattr(stream, "message_count", 0),
+        )
+        yield CounterMetricFamily(
+            self.name("stream_writes"),
+            "Writes on the worker's stream to the scheduler (each carries one or more "
+            "messages)",
+            value=getattr(stream, "batch_count", 0),
+        )
 
 
 class _SchedulerCollector(_Collector):

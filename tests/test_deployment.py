@@ -13,12 +13,10 @@ compute.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from distributed import Client
 
 import fastworker
 
-from test_cli import Processes, wait_for_names
+from test_cli import Processes, scheduler_address, wait_for_names
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "deployment.md"
@@ -94,13 +92,7 @@ class Deployment:
              "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
             env=env, name="scheduler",
         )
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        time.sleep(0.2)
-        self.address = json.loads(sched_file.read_text())["address"]
+        self.address = scheduler_address(proc, log, sched_file)
         return self.address
 
     def worker(self, argv: list[str], env: dict | None = None, *, name_option=True) -> str:

@@ -9,7 +9,6 @@ where ``fastworker.enabled`` is False says 0 / ``stock``.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from distributed import Client
 
 import fastworker
 
-from test_cli import Processes, wait_for_names
+from test_cli import Processes, scheduler_address, wait_for_names
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -38,13 +37,7 @@ class Cluster:
             [DASK, "scheduler", "--port", "0", "--scheduler-file", str(sched_file), *common],
             env=env, name="scheduler",
         )
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        time.sleep(0.2)
-        self.address = json.loads(sched_file.read_text())["address"]
+        self.address = scheduler_address(proc, log, sched_file)
         processes.start([DASK, "worker", self.address, "--name", "w", "--nthreads", "2",
                          "--no-nanny", *common], env=env, name="worker")
         self.client = Client(self.address, timeout=30)
