@@ -260,3 +260,26 @@ def test_scheduler_messages_per_write_per_stream(fast):
     assert after["stream_messages_per_write"] == pytest.approx(
         after["stream_messages"] / after["stream_writes"])
     assert after["stream_messages_per_write"] >= 1
+
+
+def test_in_process_workers_each_report_their_own():
+    """Two workers in one process (LocalCluster(processes=False)) share
+    prometheus_client's registry; each one's /metrics reports that worker."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      worker_class=fastworker.Worker,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        a, b = sorted(cluster.workers.values(), key=lambda w: w.address)
+        futures = client.map(lambda i: i, range(12), workers=[a.address], pure=False,
+                             allow_other_workers=False)
+        client.gather(futures)
+        for worker, expected in ((a, 12), (b, 0), (a, 12)):
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{worker.http_server.port}/metrics", timeout=30).read()
+            families = {f.name: f for f in
+                        prometheus_parser.text_string_to_metric_families(text.decode())}
+            pool = [s.value for s in families["dask_worker_fastworker_tasks"].samples
+                    if s.labels == {"path": "pool"}]
+            assert pool == [expected], worker.address
+            assert fastworker.status(worker)["tasks_by_path"]["pool"] == expected
