@@ -221,6 +221,18 @@ def test_dask_kubernetes_recipe(deployment):
     deployment.check()
 
 
+def test_kubecluster_recipe(deployment):
+    """KubeCluster(env=...): the operator's default commands, with that environment."""
+    tree = ast.parse(recipe("kubecluster"))
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+               and getattr(n.func, "id", None) == "KubeCluster"]
+    (env,) = [ast.literal_eval(k.value) for k in call.keywords if k.arg == "env"]
+    address = deployment.scheduler(["dask", "scheduler"], env=env)
+    for _ in range(2):  # the scheduler's address as the operator gives it
+        deployment.worker(["dask", "worker"], env={**env, "DASK_SCHEDULER_ADDRESS": address})
+    deployment.check()
+
+
 def test_helm_recipe(deployment):
     values = yaml.safe_load(recipe("helm"))
     scheduler, worker = values["scheduler"], values["worker"]
