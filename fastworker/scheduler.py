@@ -20,7 +20,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin as _BasePlugin
 
-from fastworker import dispatch
+from fastworker import dispatch, prometheus
 from fastworker.refusal import refusal_reason as common_reason
 
 logger = logging.getLogger("distributed.fastworker")
@@ -59,6 +59,7 @@ class SchedulerPlugin(_BasePlugin):
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         scheduler._fastworker_dispatch = self
+        prometheus.watch_scheduler(scheduler)
         reason = refusal_reason()
         if reason is not None:
             self.reason = reason

@@ -46,12 +46,6 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec *tp)
     int CLOCK_MONOTONIC
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-
-cdef extern from "<signal.h>" nogil:
-    int pthread_kill(pthread_t thread, int sig)
-
 
 cdef inline double _now() noexcept:
     cdef timespec ts
@@ -219,7 +213,13 @@ cdef class Guard:
         if held >= bound * (self.fired + 1):
             self.fired += 1
             if self.signum:
-                pthread_kill(<pthread_t>self.thread_id, self.signum)
+                # Through the interpreter's own pthread_kill (the signal module, no
+                # bytecode runs): a direct call from here would bind this extension to
+                # glibc 2.34's pthread_kill and its wheels to manylinux_2_34.
+                try:
+                    _signal.pthread_kill(self.thread_id, self.signum)
+                except OSError:  # the thread is gone: there is nothing to take back
+                    pass
             else:
                 PyThreadState_SetAsyncExc(self.thread_id, <PyObject *>TakenBack)
         return (self.serial, self.key, held, self.fired)

@@ -23,7 +23,7 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker_state_machine import WorkerState as StockWorkerState
 
-from fastworker import dispatch
+from fastworker import dispatch, prometheus
 from fastworker.execution import Execution, worker_name
 from fastworker.refusal import log_refusal, refusal_reason
 
@@ -219,6 +219,7 @@ def _expose_metric(worker: Any) -> None:
     metrics = getattr(worker, "metrics", None)
     if isinstance(metrics, dict):
         metrics[METRIC] = _fastworker_metric
+    prometheus.watch_worker(worker)
     executors = getattr(worker, "executors", None)
     if isinstance(executors, dict) and "default" in executors:
         executors.setdefault("inline", executors["default"])

@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""`make test-versions`: fastworker against every supported distributed release, and
-on every supported CPython.
+"""`make test-versions`: fastworker against every supported distributed release on
+every supported CPython.
 
-For each release in fastworker.SUPPORTED_DISTRIBUTED (on the default Python), and for
-each CPython of --pythons (on the newest release), this
+The cells are every release of fastworker.SUPPORTED_DISTRIBUTED (--releases) times
+every CPython of --pythons (3.10-3.13 by default). A pair is skipped by one rule, read
+from the packages themselves and not by hand: the ``Requires-Python`` of that
+distributed release, or of the dask release it requires, excludes the CPython (read
+from each wheel's METADATA, downloaded once with pip). For each other cell this
 
-1. builds a fastworker wheel once per Python (from a copy of this checkout's files, in
-   a cached build environment with Cython), under .venv-versions/wheels/;
+1. builds a fastworker wheel once per CPython and source state (from a copy of this
+   checkout's files, in a cached build environment with Cython), under
+   .venv-versions/wheels/, and installs that same wheel into every release's
+   environment of that CPython (nothing is compiled per cell);
 2. creates (once, then reuses) .venv-versions/<release>-py<X.Y>/ with dask==release,
-   distributed==release and the test tools from the package index, and installs the
-   wheel into it;
+   distributed==release and the test tools from the package index;
 3. runs the parity tests there (tests/test_versions.py and the API, TaskState and
    WorkerState parity tests: each compares fastworker with that release's own stock)
    and a differential run (tests/test_differential.py: the same stimulus streams
    into that release's stock and fastworker), then a small graph on a cluster through
-   each way in (tests/ways_in_smoke.py);
-4. prints the matrix (release x result, Python x result) and, with --write, merges the
-   cells it ran into docs/version-matrix.json and renders docs/version-matrix.md
-   (which docs/versions.md includes).
+   each way in (tests/ways_in_smoke.py), and records the seconds the cell took;
+4. prints the cells and, with --write, merges each into docs/version-matrix.json as
+   soon as it is done and renders docs/version-matrix.md (which docs/versions.md
+   includes): every cell of the grid, "not run" where no result is recorded.
 
 Standard library only: it runs with any python3.
 """
@@ -245,112 +249,226 @@ def check_cell(release: str, pyver: str, python: str, stimuli: int) -> dict:
     return cell
 
 
+# --- which (release, CPython) pairs exist: the packages' own Requires-Python ---------------
+
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+REQUIRES_CACHE = CACHE / "requires-python.json"
+
+
+def requires_python(package: str, version: str) -> str:
+    """The ``Requires-Python`` of ``package==version``, read from the METADATA of its
+    wheel (downloaded once with pip, cached in .venv-versions/requires-python.json)."""
+    cache = json.loads(REQUIRES_CACHE.read_text()) if REQUIRES_CACHE.exists() else {}
+    key = f"{package}=={version}"
+    if key not in cache:
+        import zipfile
+
+        where = CACHE / "metadata"
+        where.mkdir(parents=True, exist_ok=True)
+        run([sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "-q",
+             "--no-deps", "--only-binary=:all:", "--ignore-requires-python", "-d", where, key])
+        (wheel,) = [w for w in where.glob("*.whl")
+                    if w.name.lower().startswith(f"{package.lower()}-{version}-")]
+        with zipfile.ZipFile(wheel) as z:
+            (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+            text = z.read(meta).decode()
+        found = re.search(r"^Requires-Python:\s*(.+?)\s*$", text, re.M)
+        cache[key] = found.group(1) if found else ""
+        REQUIRES_CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    return cache[key]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+def allows(spec: str, pyver: str) -> bool:
+    """Whether the Requires-Python specifier ``spec`` admits CPython ``pyver`` (X.Y,
+    as its X.Y.0 ... X.Y.99 releases: admitted if any of them is)."""
+    def clause_ok(clause: str, micro: int) -> bool:
+        m = re.fullmatch(r"\s*(~=|==|!=|<=|>=|<|>)\s*([\d.]+)(\.\*)?\s*", clause)
+        if m is None:
+            raise ValueError(f"cannot read Requires-Python clause {clause!r}")
+        op, ver, wildcard = m.groups()
+        have = _version_tuple(pyver) + (micro,)
+        want = _version_tuple(ver)
+        if wildcard:
+            same = have[: len(want)] == want
+            return same if op == "==" else not same
+        width = max(len(have), len(want))
+        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+        if op == "~=":
+            return a >= b and have[: len(want) - 1] == want[:-1]
+        return {"==": a == b, "!=": a != b, "<=": a <= b, ">=": a >= b, "<": a < b,
+                ">": a > b}[op]
+
+    clauses = [c for c in spec.split(",") if c.strip()]
+    return any(all(clause_ok(c, micro) for c in clauses) for micro in range(100))
+
+
+def skip_reason(release: str, pyver: str) -> str | None:
+    """Why (release, CPython) is not a pair to test: the Requires-Python of that
+    distributed release or of the dask release it requires excludes the CPython."""
+    for package, version in (("distributed", release), ("dask", dask_for(release))):
+        spec = requires_python(package, version)
+        if spec and not allows(spec, pyver):
+            return f"{package} {version} requires Python {spec}"
+    return None
+
+
+# --- the matrix: docs/version-matrix.{json,md} ------------------------------------------
+
+def cell_key(release: str, pyver: str) -> str:
+    return f"{release} py{pyver}"
+
+
+def _summary(c: dict | None) -> str:
+    if c is None:
+        return "not run"
+    if c["result"] == "skipped":
+        return "skipped"
+    return f"{c['result']} ({c['seconds']} s)" if "seconds" in c else c["result"]
+
+
 def render(matrix: dict) -> str:
+    cells = matrix.get("cells", {})
+    releases = supported_releases()
     lines = [
         "<!-- Written by `make test-versions` (scripts/test_versions.py) from",
         "     docs/version-matrix.json: edit neither by hand. -->",
         "",
-        "**Release x result** (each release in its own virtual environment: fastworker's "
-        "parity tests and a differential run against that release's own stock, then a "
-        "small graph on a cluster through each of the five ways in):",
+        "**Every supported distributed release on every CPython** (each cell in its own "
+        "virtual environment: fastworker's parity tests and a differential run against "
+        "that release's own stock, then a small graph on a cluster through each of the "
+        "five ways in; the time is the cell's whole check, its environment included when "
+        "it had to be made). A pair is *skipped* when the `Requires-Python` of that "
+        "distributed release, or of the dask release it requires, excludes the CPython; "
+        "*not run* means that no result is recorded for it yet.",
         "",
-        "| distributed | Python | result | parity tests | differential run | cluster | date |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| distributed | " + " | ".join(f"CPython {p}" for p in PYTHONS) + " |",
+        "| --- |" + " --- |" * len(PYTHONS),
     ]
-    releases = matrix.get("releases", {})
-    for release in supported_releases():
-        c = releases.get(release)
-        if c is None:
-            lines.append(f"| {release} | | not run | | | | |")
-        else:
-            lines.append(f"| {release} | {c['python']} | {c['result']} | {c['tests']} | "
-                         f"{c['differential']} | {c.get('cluster', '')} | {c['date']} |")
+    counts: dict[str, int] = {}
+    for release in releases:
+        row = []
+        for pyver in PYTHONS:
+            c = cells.get(cell_key(release, pyver))
+            word = "not run" if c is None else c["result"]
+            counts[word] = counts.get(word, 0) + 1
+            row.append(_summary(c))
+        lines.append(f"| {release} | " + " | ".join(row) + " |")
+    total = len(releases) * len(PYTHONS)
+    lines += ["", f"{total} cells: " + ", ".join(
+        f"{n} {word}" for word, n in sorted(counts.items())) + "."]
+    skipped = [(k, c) for k, c in cells.items() if c["result"] == "skipped"]
+    if skipped:
+        lines += ["", "Skipped pairs, by the rule above:", ""]
+        for key, c in sorted(skipped, key=lambda kc: _order(kc[1])):
+            lines.append(f"- distributed {c['release']} on CPython {c['python']}: "
+                         f"{c['reason']}")
+    ran = [c for c in cells.values() if c["result"] != "skipped"]
     lines += [
         "",
-        f"**Python x result** (on distributed {supported_releases()[-1]}):",
+        "Each cell run:",
         "",
-        "| Python | result | parity tests | differential run | cluster | date |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| distributed | Python | result | parity tests | differential run | cluster | "
+        "seconds | date |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    pythons = matrix.get("pythons", {})
-    for pyver in sorted(set(pythons) | {"3.10", "3.11", "3.12", "3.13"},
-                        key=lambda v: tuple(map(int, v.split(".")))):
-        c = pythons.get(pyver)
-        if c is None:
-            lines.append(f"| {pyver} | not run | | | | |")
-        else:
-            lines.append(f"| {pyver} | {c['result']} | {c['tests']} | {c['differential']} | "
-                         f"{c.get('cluster', '')} | {c['date']} |")
+    for c in sorted(ran, key=_order):
+        lines.append(f"| {c['release']} | {c['python']} | {c['result']} | {c['tests']} | "
+                     f"{c['differential']} | {c.get('cluster', '')} | "
+                     f"{c.get('seconds', '')} | {c['date']} |")
     return "\n".join(lines) + "\n"
+
+
+def _order(c: dict) -> tuple:
+    releases = supported_releases()
+    rank = releases.index(c["release"]) if c["release"] in releases else len(releases)
+    return rank, _version_tuple(c["python"])
+
+
+def _choose_releases(parser, text: str) -> list[str]:
+    supported = supported_releases()
+    chosen = {"all": list(supported), "oldest": [supported[0]], "newest": [supported[-1]],
+              "none": []}.get(text)
+    if chosen is None:
+        chosen = [r.strip() for r in text.split(",") if r.strip()]
+        unknown = set(chosen) - set(supported)
+        if unknown:
+            parser.error(f"not supported: {sorted(unknown)}")
+    return chosen
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--releases", default="all",
                         help="all, oldest, newest, none or a comma-separated list")
-    parser.add_argument("--pythons", default="3.10,3.11,3.12,3.13",
-                        help="CPython versions to check on the newest release (or none)")
+    parser.add_argument("--pythons", default=",".join(PYTHONS),
+                        help="CPython versions of the cells (comma-separated), or none: "
+                             "only --python")
     parser.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
-                        help="the CPython that runs the per-release cells")
+                        help="the CPython of the cells when --pythons is none")
     parser.add_argument("--stimuli", type=int, default=10000,
                         help="stimuli of each differential run")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="leave out the cells docs/version-matrix.json already has "
+                             "for this source state (to resume an interrupted run)")
     parser.add_argument("--write", action="store_true",
-                        help="merge the results into docs/version-matrix.{json,md}")
+                        help="merge each result into docs/version-matrix.{json,md} as it "
+                             "comes")
     args = parser.parse_args(argv)
 
-    supported = supported_releases()
-    chosen = {"all": list(supported), "oldest": [supported[0]], "newest": [supported[-1]],
-              "none": []}.get(args.releases)
-    if chosen is None:
-        chosen = [r.strip() for r in args.releases.split(",") if r.strip()]
-        unknown = set(chosen) - set(supported)
-        if unknown:
-            parser.error(f"not supported: {sorted(unknown)}")
-    pythons = [] if args.pythons in ("", "none") else args.pythons.split(",")
+    chosen = _choose_releases(parser, args.releases)
+    pythons = [args.python] if args.pythons in ("", "none") else args.pythons.split(",")
     CACHE.mkdir(exist_ok=True)
     t0 = time.monotonic()
+    digest = source_hash(source_files())
+    matrix = json.loads(MATRIX_JSON.read_text()) if MATRIX_JSON.exists() else {}
+    cells = matrix.setdefault("cells", {})
 
-    results = {"releases": {}, "pythons": {}}
-    default_python = find_python(args.python) or sys.executable
+    results: list[dict] = []
+    interpreters = {p: find_python(p) for p in pythons}
+    # Release by release, each on every CPython: an interrupted run leaves whole rows.
     for release in chosen:
-        results["releases"][release] = check_cell(release, args.python, default_python,
-                                                  args.stimuli)
-    for pyver in pythons:
-        python = find_python(pyver)
-        if python is None:
-            results["pythons"][pyver] = {"result": "no interpreter", "tests": "",
-                                         "differential": "", "python": pyver, "date": ""}
-            continue
-        done = results["releases"].get(supported[-1])
-        if pyver == args.python and done is not None:
-            results["pythons"][pyver] = done
+        for pyver in pythons:
+            key = cell_key(release, pyver)
+            if args.skip_done and cells.get(key, {}).get("source") == digest:
+                continue
+            reason = skip_reason(release, pyver)
+            if reason is not None:
+                cell = {"release": release, "python": pyver, "result": "skipped",
+                        "reason": reason}
+                log(f"{release} on Python {pyver}: skipped ({reason})")
+            elif interpreters[pyver] is None:
+                cell = {"release": release, "python": pyver, "result": "no interpreter",
+                        "tests": f"no CPython {pyver} found", "differential": "",
+                        "cluster": "", "seconds": 0,
+                        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            else:
+                cell = check_cell(release, pyver, interpreters[pyver], args.stimuli)
+            cell["source"] = digest
+            cell.pop("log", None)
+            results.append(cell)
+            if args.write:
+                cells[key] = cell
+                MATRIX_JSON.write_text(json.dumps(matrix, indent=1, sort_keys=True) + "\n")
+                MATRIX_MD.write_text(render(matrix))
+
+    elapsed = time.monotonic() - t0
+    print(f"\nmake test-versions: {len(chosen)} releases x {len(pythons)} Pythons, "
+          f"{elapsed:.0f} s")
+    print("\nrelease      python  result   seconds  parity tests / differential run / cluster")
+    for c in results:
+        if c["result"] == "skipped":
+            print(f"{c['release']:<12} {c['python']:<7} skipped  {c['reason']}")
         else:
-            results["pythons"][pyver] = check_cell(supported[-1], pyver, python, args.stimuli)
-
-    print(f"\nmake test-versions: {len(chosen)} releases, {len(pythons)} Pythons, "
-          f"{time.monotonic() - t0:.0f} s")
-    print("\nrelease      python  result  parity tests / differential run")
-    for release, c in results["releases"].items():
-        print(f"{release:<12} {c['python']:<7} {c['result']:<7} {c['tests']} / "
-              f"{c['differential']} / {c.get('cluster', '')}")
-    print(f"\npython  result  (distributed {supported[-1]})")
-    for pyver, c in results["pythons"].items():
-        print(f"{pyver:<7} {c['result']:<7} {c['tests']} / {c['differential']} / "
-              f"{c.get('cluster', '')}")
-
+            print(f"{c['release']:<12} {c['python']:<7} {c['result']:<8} {c['seconds']:>7}  "
+                  f"{c['tests']} / {c['differential']} / {c.get('cluster', '')}")
     if args.write:
-        matrix = json.loads(MATRIX_JSON.read_text()) if MATRIX_JSON.exists() else {}
-        for kind in ("releases", "pythons"):
-            merged = matrix.get(kind, {})
-            for name, cell in results[kind].items():
-                merged[name] = {k: v for k, v in cell.items() if k not in ("log",)}
-            matrix[kind] = merged
-        MATRIX_JSON.write_text(json.dumps(matrix, indent=1, sort_keys=True) + "\n")
-        MATRIX_MD.write_text(render(matrix))
         print(f"\nwrote {MATRIX_MD.relative_to(ROOT)}")
 
-    failed = [c for c in (*results["releases"].values(), *results["pythons"].values())
-              if c["result"] != "pass"]
+    failed = [c for c in results if c["result"] not in ("pass", "skipped")]
     return 1 if failed else 0
 
 

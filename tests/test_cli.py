@@ -62,6 +62,17 @@ class Processes:
             self.stop(proc)
 
 
+def scheduler_address(proc, log, sched_file: Path, timeout: float = 60) -> str:
+    """The address a starting `dask scheduler --scheduler-file` writes (waits for it)."""
+    deadline = time.monotonic() + timeout
+    while not sched_file.exists() or not sched_file.read_text().strip():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(0.2)  # the file is written whole, but give the listener a moment
+    return json.loads(sched_file.read_text())["address"]
+
+
 @pytest.fixture(scope="module")
 def processes(tmp_path_factory):
     procs = Processes(tmp_path_factory.mktemp("cli"))
@@ -78,13 +89,7 @@ def scheduler(processes):
          "--scheduler-file", str(sched_file)],
         name="scheduler",
     )
-    deadline = time.monotonic() + 60
-    while not sched_file.exists() or not sched_file.read_text().strip():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    time.sleep(0.2)  # the file is written whole, but give the listener a moment
-    return json.loads(sched_file.read_text())["address"]
+    return scheduler_address(proc, log, sched_file)
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +214,7 @@ def _start_scheduler(processes, name, env=None):
          "--scheduler-file", str(sched_file), "--preload", "fastworker"],
         env=env, name=name,
     )
-    deadline = time.monotonic() + 60
-    while not sched_file.exists() or not sched_file.read_text().strip():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    time.sleep(0.2)
-    return proc, log, json.loads(sched_file.read_text())["address"]
+    return proc, log, scheduler_address(proc, log, sched_file)
 
 
 @pytest.mark.filterwarnings("ignore::distributed.versions.VersionMismatchWarning")

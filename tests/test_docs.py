@@ -28,7 +28,8 @@ def test_docs_build_without_warnings(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not proc.stderr.strip(), proc.stderr
-    for page in ("index", "getting-started", "ways-in", "versions", "design", "benchmarks"):
+    for page in ("index", "getting-started", "ways-in", "deployment", "prometheus", "versions",
+                 "releasing", "design", "benchmarks"):
         assert (html / f"{page}.html").exists(), page
     bench = (html / "benchmarks.html").read_text()
     assert "lifecycle.png" in bench and "e2e.png" in bench
