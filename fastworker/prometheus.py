@@ -21,6 +21,8 @@ On a worker (once any way in has run there, even if it was refused):
 - ``dask_worker_fastworker_dispatch_mode{mode}``: 1 for the mode of the worker's
   stream to the scheduler (``quiet``, ``busy``, or ``stock`` when not paced), 0 for
   the others;
+- ``dask_worker_fastworker_wire``: 1 if that stream's small messages go through
+  ``fastworker.wire``, 0 if through distributed's comm;
 - ``dask_worker_fastworker_stream_messages_total`` and
   ``dask_worker_fastworker_stream_writes_total``: messages sent on that stream and the
   writes that carried them.
@@ -34,6 +36,8 @@ when it refused):
   their heartbeats report (``fastworker`` or ``stock``);
 - ``dask_scheduler_fastworker_streams{mode}``: the scheduler's streams to workers per
   mode (``quiet``, ``busy``, ``stock``);
+- ``dask_scheduler_fastworker_streams_by_wire{wire}``: the scheduler's streams to
+  workers whose small messages go through ``fastworker.wire`` or distributed's comm;
 - ``dask_scheduler_fastworker_stream_messages_total{worker}``,
   ``dask_scheduler_fastworker_stream_writes_total{worker}`` and
   ``dask_scheduler_fastworker_stream_messages_per_write{worker}``: per stream, the
@@ -59,6 +63,8 @@ PATHS = ("pool", "inline", "stock")
 #: re-run cause -> the event-loop executor's counter of it (fastworker.inline)
 RERUN_CAUSES = {"takeback": "takeback_count", "fallback": "fallback_count"}
 MODES = ("quiet", "busy", "stock")
+#: Who frames a stream's small messages (fastworker.wire or distributed's comm).
+WIRES = ("fastworker", "distributed")
 
 _collectors: dict[str, Any] = {}
 
@@ -191,6 +197,14 @@ class _WorkerCollector(_Collector):
         for m in MODES:
             modes.add_metric([m], int(m == mode))
         yield modes
+        yield GaugeMetricFamily(
+            self.name("wire"),
+            "Whether the worker's stream to the scheduler frames, writes, reads and "
+            "decodes its small messages through fastworker.wire (1) or distributed's "
+            "comm (0)",
+            value=int(report["dispatch"] is not None
+                      and report["dispatch"].get("wire") == "fastworker"),
+        )
         yield CounterMetricFamily(
             self.name("stream_messages"),
             "Messages sent on the worker's stream to the scheduler",
@@ -257,17 +271,29 @@ class _SchedulerCollector(_Collector):
             "stream's life",
             labels=["worker"],
         )
+        wires = GaugeMetricFamily(
+            self.name("streams_by_wire"),
+            "The scheduler's streams to workers by who frames, writes and reads their "
+            "small messages (fastworker: fastworker.wire; distributed: the comm)",
+            labels=["wire"],
+        )
         counts = dict.fromkeys(MODES, 0)
+        wire_counts = dict.fromkeys(WIRES, 0)
         for address, stream in list(scheduler.stream_comms.items()):
             pacer = Pacer.of(stream)
-            counts["stock" if pacer is None else pacer.state()["mode"]] += 1
+            state = None if pacer is None else pacer.state()
+            counts["stock" if state is None else state["mode"]] += 1
+            wire_counts["distributed" if state is None else state["wire"]] += 1
             n_messages, n_writes = stream.message_count, stream.batch_count
             messages.add_metric([address], n_messages)
             writes.add_metric([address], n_writes)
             per_write.add_metric([address], n_messages / n_writes if n_writes else 0.0)
         for mode, n in counts.items():
             streams.add_metric([mode], n)
+        for wire, n in wire_counts.items():
+            wires.add_metric([wire], n)
         yield streams
+        yield wires
         yield messages
         yield writes
         yield per_write

@@ -55,6 +55,8 @@ PARITY_TESTS = [
     "tests/test_worker_state_events.py",
     "tests/test_worker_state_transitions.py",
     "tests/test_worker_state_layout.py",
+    # fastworker.wire against this release's own TCP comm (bytes and decoding)
+    "tests/test_wire.py",
 ]
 #: Test tools installed next to each release (the test extra without the linters).
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "numpy",

@@ -241,6 +241,29 @@ def test_scheduler_streams_by_mode(fast, disabled):
     assert modes(disabled) == {"quiet": 0, "busy": 0, "stock": 1}
 
 
+def test_worker_wire(fast, disabled):
+    def wire(cluster):
+        return cluster.worker_metrics()["dask_worker_fastworker_wire"][
+            ("dask_worker_fastworker_wire", ())]
+
+    assert wire(fast) == 1
+    assert fast.worker_status()["dispatch"]["wire"] == "fastworker"
+    assert wire(disabled) == 0
+    assert disabled.worker_status()["dispatch"] is None
+
+
+def test_scheduler_streams_by_wire(fast, disabled):
+    def wires(cluster):
+        family = cluster.scheduler_metrics()["dask_scheduler_fastworker_streams_by_wire"]
+        return {dict(labels)["wire"]: value for (_, labels), value in family.items()}
+
+    # the worker joined a scheduler that already ran the plugin: the Pacer's loop
+    # and the wire from its stream's start
+    assert wires(fast) == {"fastworker": 1, "distributed": 0}
+    assert fast.client.run_on_scheduler(fastworker.status)["wires"] == {"fastworker": 1}
+    assert wires(disabled) == {"fastworker": 0, "distributed": 1}
+
+
 def test_scheduler_messages_per_write_per_stream(fast):
     def per_stream():
         metrics = fast.scheduler_metrics()
