@@ -9,7 +9,13 @@ dataclass; the state is held as a C enum and shown as the same strings.
 cimport cython
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+
+from sys import intern as _intern
 
 from dask.utils import key_split
 from distributed.utils import recursive_to_dict
@@ -435,7 +441,7 @@ cdef class TaskState:
 
     cdef object get_prefix(self):
         if self._prefix is None:
-            self._prefix = key_split(self.key)
+            self._prefix = _key_split(self.key)
         return self._prefix
 
     @property
@@ -574,6 +580,67 @@ cdef class TaskStateWithDuration(TaskState):
         cdef Py_ssize_t last = len(state) - 1
         _setstate(self, state[:last])
         self.duration = state[last]
+
+
+# --- task prefixes ------------------------------------------------------------------
+# dask.utils.key_split is an lru_cache'd Python function; the keys of a worker's
+# tasks are nearly all distinct, so nearly every task pays a cache miss and the
+# Python body. _key_split gives the same string without it for the common key
+# shapes (an ASCII str starting with a letter, or a tuple whose first item is one)
+# and calls key_split for everything else.
+
+cdef inline bint _ascii_alpha(Py_UCS4 c) noexcept:
+    return (c >= 'a' and c <= 'z') or (c >= 'A' and c <= 'Z')
+
+
+cdef object _key_split(object key):
+    cdef object s = key
+    cdef Py_ssize_t n, i, start, end, result_end
+    cdef Py_UCS4 c
+    cdef bint alpha
+    if type(s) is tuple:
+        if not PyTuple_GET_SIZE(s):
+            return key_split(key)
+        s = <object>PyTuple_GET_ITEM(s, 0)
+    if type(s) is not str or not PyUnicode_IS_ASCII(s):
+        return key_split(key)
+    n = PyUnicode_GET_LENGTH(s)
+    if n == 0 or not _ascii_alpha(PyUnicode_READ_CHAR(s, 0)):
+        return key_split(key)
+    # key_split: the first "-"-separated word (it starts with a letter), then each
+    # following word while it is alphabetic and not 8 letters starting with a-f
+    # (hex_pattern.match); the result is always a prefix of the string.
+    i = 0
+    while i < n and PyUnicode_READ_CHAR(s, i) != '-':
+        i += 1
+    result_end = i
+    while result_end < n:
+        start = result_end + 1
+        end = start
+        alpha = True
+        while end < n:
+            c = PyUnicode_READ_CHAR(s, end)
+            if c == '-':
+                break
+            if not _ascii_alpha(c):
+                alpha = False
+            end += 1
+        if not alpha or end == start:
+            break
+        if end - start == 8:
+            c = PyUnicode_READ_CHAR(s, start)
+            if c >= 'a' and c <= 'f':
+                break
+        result_end = end
+    if result_end == 32:
+        return key_split(key)  # maybe a 32-digit hex token: key_split says "data"
+    result = s if result_end == n else s[:result_end]
+    return _intern(result)
+
+
+def _key_split_for_tests(key):
+    """_key_split, for the tests that compare it with dask's key_split."""
+    return _key_split(key)
 
 
 cdef TaskState _alloc_task():

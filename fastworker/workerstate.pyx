@@ -93,7 +93,7 @@ from distributed.worker_state_machine import (
 from distributed.worker_state_machine import TaskState as StockTaskState
 from distributed.worker_state_machine import WorkerState as _StockWorkerState
 
-from cpython.dict cimport PyDict_Check, PyDict_Next
+from cpython.dict cimport PyDict_Check, PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -132,6 +132,14 @@ from fastworker.taskstate cimport (
     state_code,
 )
 
+cdef extern from "includes/fastcalls.h":
+    int fw_init_deque_append(object deque_type, object append_descr) except -1
+    bint fw_is_deque(object seq) noexcept
+    int fw_deque_append(object seq, object item) except -1
+
+cdef extern from "Python.h":
+    PyObject** _PyObject_GetDictPtr(object)
+
 cdef extern from "includes/slots.h":
     Py_ssize_t fw_slot_offset(object descr)
     object fw_copy_slots(object obj, tuple offsets)
@@ -156,7 +164,7 @@ _FEATURES = _release_features()
 cdef object _RUN_ID_SENTINEL = -1
 
 cdef object _DEBUG = logging.DEBUG
-cdef bint _PLAIN_LOGGER = type(logger) is logging.Logger
+cdef object _LOGGER_CLASS = logging.Logger
 
 
 cdef bint _debug_enabled() except -1:
@@ -164,18 +172,32 @@ cdef bint _debug_enabled() except -1:
 
     A plain Logger answers False while ``disabled``, else from ``_cache`` (which
     logging clears whenever a level changes), and only computes and caches the
-    answer on a miss; the same is done here without the method call.
+    answer on a miss; the same is done here without the method call, reading the
+    logger's instance dict directly (a plain Logger's class defines neither
+    ``disabled`` nor ``_cache``, so instance attributes are what getattr finds).
     """
-    if not _PLAIN_LOGGER or "isEnabledFor" in logger.__dict__:
-        return logger.isEnabledFor(_DEBUG)
-    if logger.disabled:
+    cdef PyObject** dictptr
+    cdef PyObject* found
+    log = logger
+    if type(log) is not _LOGGER_CLASS:
+        return log.isEnabledFor(_DEBUG)
+    dictptr = _PyObject_GetDictPtr(log)
+    if dictptr is NULL or dictptr[0] is NULL or type(<object>dictptr[0]) is not dict:
+        return log.isEnabledFor(_DEBUG)
+    attrs = <dict>dictptr[0]
+    if PyDict_GetItem(attrs, "isEnabledFor") is not NULL:
+        return log.isEnabledFor(_DEBUG)
+    found = PyDict_GetItem(attrs, "disabled")
+    if found is NULL:
+        return log.isEnabledFor(_DEBUG)
+    if <object>found:
         return False
-    cache = logger.__dict__.get("_cache")
-    if type(cache) is dict:
-        answer = (<dict>cache).get(_DEBUG)
-        if answer is not None:
-            return answer
-    return logger.isEnabledFor(_DEBUG)
+    found = PyDict_GetItem(attrs, "_cache")
+    if found is not NULL and type(<object>found) is dict:
+        found = PyDict_GetItem(<dict>found, _DEBUG)
+        if found is not NULL:
+            return <object>found
+    return log.isEnabledFor(_DEBUG)
 
 
 include "wsm/helpers.pxi"
@@ -321,7 +343,7 @@ cdef class WorkerState:
         handled = _now()
         for stim in stims:
             if not isinstance(stim, FindMissingEvent):
-                self.stimulus_log.append(_to_loggable(stim, handled))
+                _append_log(self.stimulus_log, _to_loggable(stim, handled))
             if self._py_handle_event:
                 recs, instr = self._handle_event(stim)
             else:
@@ -463,8 +485,8 @@ cdef class WorkerState:
         if recs is not _NO_RECS:
             for other, new in recs.items():
                 shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
-        self.log.append(
-            (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
+        _append_log(
+            self.log, (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
         )
         return recs_instr
 

@@ -195,7 +195,7 @@ cdef tuple _ensure_communicating(WorkerState self, object stimulus_id):
                 len(self.in_flight_workers), self.transfer_incoming_count_limit,
                 len(self.busy_workers),
             )
-        self.log.append(("gather-dependencies", worker, to_gather_keys, stimulus_id, _now()))
+        _append_log(self.log, ("gather-dependencies", worker, to_gather_keys, stimulus_id, _now()))
         for ts in to_gather:
             if self.validate:
                 assert ts._state == TS_FETCH

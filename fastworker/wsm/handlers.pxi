@@ -46,7 +46,7 @@ cdef TaskState _ensure_task_exists(WorkerState self, object key, object priority
     if not ts.priority:
         assert priority
         ts.priority = priority
-    self.log.append((key, "ensure-task-exists", _name(ts._state), stimulus_id, _now()))
+    _append_log(self.log, (key, "ensure-task-exists", _name(ts._state), stimulus_id, _now()))
     return ts
 
 
@@ -62,7 +62,7 @@ cdef tuple _handle_update_data(WorkerState self, object ev):
         if ts is None:
             ts = _new_task(self, key)
         recs[ts] = ("memory", value, _RUN_ID_SENTINEL)
-        self.log.append((key, "receive-from-scatter", _name(ts._state), sid, _now()))
+        _append_log(self.log, (key, "receive-from-scatter", _name(ts._state), sid, _now()))
     return recs, _NO_INSTR
 
 
@@ -72,7 +72,7 @@ cdef tuple _handle_free_keys(WorkerState self, object ev):
     # is released but not forgotten.
     cdef TaskState ts
     cdef dict recs = {}
-    self.log.append(("free-keys", ev.keys, ev.stimulus_id, _now()))
+    _append_log(self.log, ("free-keys", ev.keys, ev.stimulus_id, _now()))
     for key in ev.keys:
         ts = self.tasks.get(key)
         if ts:
@@ -99,7 +99,7 @@ cdef tuple _handle_remove_replicas(WorkerState self, object ev):
                     f"Cannot remove replica of {ts.key!r} while {dep.key!r} "
                     f"in state {dep.state!r}."
                 )
-        self.log.append((ts.key, "remove-replica", sid, _now()))
+        _append_log(self.log, (ts.key, "remove-replica", sid, _now()))
         recs[ts] = "released"
     return recs, _NO_INSTR
 
@@ -136,7 +136,7 @@ cdef tuple _handle_compute_task(WorkerState self, object ev):
         logger.debug(
             "Asked to compute an already known task %s", {"task": ts, "stimulus_id": sid}
         )
-    self.log.append((key, "compute-task", _name(ts._state), sid, _now()))
+    _append_log(self.log, (key, "compute-task", _name(ts._state), sid, _now()))
     ts.run_id = ev.run_id
     s = ts._state
     if s == TS_READY or s == TS_CONSTRAINED or s == TS_EXECUTING or s == TS_LONG_RUNNING \
@@ -201,7 +201,7 @@ cdef tuple _handle_cancel_compute(WorkerState self, object ev):
     cdef TaskState ts = self.tasks.get(ev.key)
     if not ts or not _is_ready_or_waiting(ts._state):
         return _NOTHING
-    self.log.append((ev.key, "cancel-compute", ev.stimulus_id, _now()))
+    _append_log(self.log, (ev.key, "cancel-compute", ev.stimulus_id, _now()))
     # The scheduler cannot have sent any dependent of a task it has not run yet.
     assert not ts.dependents
     return {ts: "released"}, _NO_INSTR
@@ -295,7 +295,7 @@ cdef tuple _handle_gather_dep_success(WorkerState self, object ev):
         if ts.key in ev.data:
             recs[ts] = ("memory", ev.data[ts.key], ts.run_id)
         else:
-            self.log.append((ts.key, "missing-dep", sid, _now()))
+            _append_log(self.log, (ts.key, "missing-dep", sid, _now()))
             if self.validate:
                 assert ts._state != TS_FETCH
                 assert ts not in self.data_needed[ev.worker]
@@ -334,7 +334,7 @@ cdef tuple _handle_gather_dep_network_failure(WorkerState self, object ev):
     cdef dict recs = {}
     sid = ev.stimulus_id
     for ts in _gather_dep_done_common(self, ev):
-        self.log.append((ts.key, "missing-dep", sid, _now()))
+        _append_log(self.log, (ts.key, "missing-dep", sid, _now()))
         recs[ts] = "fetch"
     _forget_peer(self, ev.worker, recs)
     return recs, _NO_INSTR

@@ -29,6 +29,19 @@ def _shared_empties():
     return _NO_RECS, _NO_INSTR, _NOTHING
 
 
+# --- logs ------------------------------------------------------------------------------
+# ``log`` and ``stimulus_log`` are deques unless someone rebound them; deque.append
+# is then called directly (includes/fastcalls.h), else through the attribute.
+fw_init_deque_append(deque, deque.__dict__["append"])
+
+
+cdef inline int _append_log(object log, object entry) except -1:
+    if fw_is_deque(log):
+        return fw_deque_append(log, entry)
+    log.append(entry)
+    return 0
+
+
 # --- a task's sets -----------------------------------------------------------------------
 # A task's sets are made on first use (taskstate.pxd). Code that only reads one
 # gets this empty stand-in meanwhile instead of making it; code that removes from

@@ -456,7 +456,7 @@ cdef tuple _transition_to_memory(WorkerState self, TaskState ts, object value,
             dep._waiting_for_data.discard(ts)
         if not _waiting_for_data(dep) and dep._state == TS_WAITING:
             recs[dep] = "ready"
-    self.log.append((key, "put-in-memory", stimulus_id, _now()))
+    _append_log(self.log, (key, "put-in-memory", stimulus_id, _now()))
     # The scheduler treats the two messages very differently: add-keys is only
     # accepted for keys already in memory elsewhere and triggers no transition.
     if msg_type == MSG_ADD_KEYS:
