@@ -28,6 +28,8 @@ includes the rest, by concern:
 - ``wsm/counter.pxi``: TaskCounter
 - ``includes/slots.h``: C helpers to make and copy slotted dataclasses
 """
+cimport cython
+
 import copyreg
 import inspect as _inspect
 import dataclasses
@@ -145,6 +147,7 @@ cdef extern from "includes/slots.h":
     object fw_copy_slots(object obj, tuple offsets)
     object fw_alloc(object cls)
     void fw_put(object obj, Py_ssize_t offset, object v)
+    PyObject* fw_peek_slot(object obj, Py_ssize_t offset) noexcept
 
 __all__ = ["WorkerState"]
 
