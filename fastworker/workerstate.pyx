@@ -95,7 +95,14 @@ from distributed.worker_state_machine import (
 from distributed.worker_state_machine import TaskState as StockTaskState
 from distributed.worker_state_machine import WorkerState as _StockWorkerState
 
-from cpython.dict cimport PyDict_Check, PyDict_GetItem, PyDict_Next
+from cpython.dict cimport (
+    PyDict_Check,
+    PyDict_GetItem,
+    PyDict_GetItemWithError,
+    PyDict_Next,
+    PyDict_SetItem,
+)
+from cpython.set cimport PySet_Add
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -141,6 +148,8 @@ cdef extern from "includes/fastcalls.h":
 
 cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object)
+    Py_ssize_t fw_refcnt "Py_REFCNT"(PyObject*)
+    PyObject* fw_type "(PyObject *)Py_TYPE"(PyObject*)
 
 cdef extern from "includes/slots.h":
     Py_ssize_t fw_slot_offset(object descr)

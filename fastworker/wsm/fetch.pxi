@@ -19,16 +19,18 @@ cdef int _update_who_has(WorkerState self, object who_has) except -1:
                     "Scheduler claims worker %s holds data for task %s, which is not true.",
                     self._address, ts,
                 )
-        if _who_has(ts) == workers:
+        old = _who_has(ts)
+        if old == workers:
             continue
-        for worker in _who_has(ts) - workers:
-            self.has_what[worker].remove(key)
+        if old:  # (a task's first holders: nothing to remove)
+            for worker in old - workers:
+                _item_of(self.has_what, worker).remove(key)
+                if ts._state == TS_FETCH:
+                    _queue_of(self.data_needed, worker).remove(ts)
+        for worker in workers - old:
+            _set_add(_item_of(self.has_what, worker), key)
             if ts._state == TS_FETCH:
-                self.data_needed[worker].remove(ts)
-        for worker in workers - _who_has(ts):
-            self.has_what[worker].add(key)
-            if ts._state == TS_FETCH:
-                _heap_add(self.data_needed[worker], ts)
+                _heap_add(_queue_of(self.data_needed, worker), ts)
         ts._who_has = workers
         ts._unmade &= ~UNMADE_WHO_HAS
     return 0
@@ -89,12 +91,14 @@ cdef class _GatherOrder:
             worker, tasks = self.current
             self.current = None
             if not _heap_len(tasks):
-                del data_needed[worker]
+                tasks = None  # (so that the dropped queue can be reused)
+                _drop_queue(data_needed, worker)
         heap = self.heap
         while heap:
             _, is_remote, ntasks_neg, rnd, worker, tasks = heappop(heap)
             if not _heap_len(tasks):
-                del data_needed[worker]
+                tasks = None
+                _drop_queue(data_needed, worker)
             elif -ntasks_neg != _heap_len(tasks):
                 ntasks = _heap_len(tasks)
                 heappush(heap, (_heap_peek(tasks).priority, is_remote, -ntasks, rnd, worker, tasks))
@@ -150,8 +154,9 @@ cdef list _rank_peers(WorkerState ws, dict data_needed):
             ws.rng.random(), worker, tasks,
         ))
     if empties is not None:
+        tasks = None
         for worker in empties:
-            del data_needed[worker]
+            _drop_queue(data_needed, worker)
     if len(heap) > 1:
         heapify(heap)
     return heap
@@ -228,7 +233,7 @@ cdef object _select_keys_for_gather(WorkerState self, object available, list to_
         if _task_exceeds_transfer_limits(self, ts, message_nbytes):
             break
         for w in _who_has(ts):
-            self.data_needed[w].remove(ts)
+            _queue_of(self.data_needed, w).remove(ts)
         to_gather.append(ts)
         message_nbytes += ts.get_nbytes()
     return message_nbytes

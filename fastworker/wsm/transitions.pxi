@@ -107,7 +107,7 @@ cdef tuple _transition_generic_fetch(WorkerState self, TaskState ts, tuple args,
     assert ts.priority
     data_needed = self.data_needed
     for w in _who_has(ts):
-        _heap_add(data_needed[w], ts)
+        _heap_add(_queue_of(data_needed, w), ts)
     return _NOTHING
 
 
@@ -483,8 +483,8 @@ cdef int _purge_state(WorkerState self, TaskState ts) except -1:
         has_what = self.has_what
         data_needed = self.data_needed
         for worker in ts._who_has:
-            has_what[worker].discard(key)
-            _heap_discard(data_needed[worker], ts)
+            _item_of(has_what, worker).discard(key)
+            _heap_discard(_queue_of(data_needed, worker), ts)
         ts._who_has.clear()
     for dep in _dependencies(ts):
         if not ts._unmade & UNMADE_WAITING_FOR_DATA:
