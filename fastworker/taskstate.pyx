@@ -12,10 +12,11 @@ from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 
+from cpython.ref cimport Py_DECREF, Py_INCREF
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
-
-from sys import intern as _intern
+    void PyUnicode_InternInPlace(PyObject**)
 
 from dask.utils import key_split
 from distributed.utils import recursive_to_dict
@@ -635,7 +636,13 @@ cdef object _key_split(object key):
     if result_end == 32:
         return key_split(key)  # maybe a 32-digit hex token: key_split says "data"
     result = s if result_end == n else s[:result_end]
-    return _intern(result)
+    # sys.intern(result)
+    cdef PyObject* interned = <PyObject*>result
+    Py_INCREF(result)
+    PyUnicode_InternInPlace(&interned)
+    out = <object>interned
+    Py_DECREF(<object>interned)
+    return out
 
 
 def _key_split_for_tests(key):

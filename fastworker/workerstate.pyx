@@ -97,6 +97,7 @@ from distributed.worker_state_machine import WorkerState as _StockWorkerState
 
 from cpython.dict cimport (
     PyDict_Check,
+    PyDict_Contains,
     PyDict_GetItem,
     PyDict_GetItemWithError,
     PyDict_Next,
@@ -353,20 +354,26 @@ cdef class WorkerState:
         # Read the log level once per call, not once per debug message site.
         self._debug = _debug_enabled()
         handled = _now()
+        cdef list more
         for stim in stims:
-            if not isinstance(stim, FindMissingEvent):
-                _append_log(self.stimulus_log, _to_loggable(stim, handled))
+            # (None for the FindMissingEvents, which stock does not log)
+            entry = _to_loggable(stim, handled)
+            if entry is not None:
+                _append_log(self.stimulus_log, entry)
             if self._py_handle_event:
                 recs, instr = self._handle_event(stim)
             else:
                 recs, instr = self._handle_event_c(stim)
-            instructions += instr
+            if instr is not _NO_INSTR:
+                instructions += instr
             if self._py_transitions:
                 if recs is _NO_RECS:
                     recs = {}  # Python code may write into what it is given
                 instructions += self._transitions(recs, stimulus_id=stim.stimulus_id)
             else:
-                instructions += self._transitions_c(recs, stim.stimulus_id)
+                more = self._transitions_c(recs, stim.stimulus_id)
+                if more:
+                    instructions.extend(more)
         return instructions
 
     def _handle_event(self, ev):

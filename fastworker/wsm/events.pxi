@@ -94,6 +94,7 @@ def _event_fields_direct():
 # here slot by slot. Classes whose to_loggable is not one of the known ones (user
 # subclasses) are asked to make their own entry.
 cdef enum LoggableKind:
+    LOG_NONE = -1        # FindMissingEvent: not logged
     LOG_OWN = 0          # call stim.to_loggable
     LOG_IN_PLACE         # StateMachineEvent.to_loggable: set handled, log the event
     LOG_NO_RUN_SPEC      # ComputeTaskEvent: copy, run_spec = None
@@ -118,6 +119,8 @@ cdef tuple _loggable_kind(object cls):
     # copy.copy of these objects: a new instance with the slots that are set
     if cls.__dictoffset__ or cls.__new__ is not StateMachineEvent.__new__:
         kind = LOG_OWN  # an instance __dict__ or its own __new__: let it copy itself
+    if issubclass(cls, FindMissingEvent):
+        kind = LOG_NONE
     slots = tuple(copyreg._slotnames(cls))
     entry = (kind, slots, _slot_offsets(cls, slots))
     _LOGGABLE[cls] = entry
@@ -172,6 +175,8 @@ cdef object _to_loggable(object stim, object handled):
     if entry is None:
         entry = _loggable_kind(cls)
     cdef int kind = (<tuple>entry)[0]
+    if kind == LOG_NONE:
+        return None
     if kind == LOG_IN_PLACE:
         stim.handled = handled
         return stim

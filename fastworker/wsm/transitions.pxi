@@ -478,7 +478,12 @@ cdef int _purge_state(WorkerState self, TaskState ts) except -1:
     if key in self.data:
         del self.data[key]
     self.actors.pop(key, None)
-    self.threads.pop(key, None)
+    threads = self.threads
+    if type(threads) is dict:
+        if PyDict_Contains(threads, key):
+            del (<dict>threads)[key]
+    else:
+        threads.pop(key, None)
     if _who_has(ts):
         has_what = self.has_what
         data_needed = self.data_needed
