@@ -371,7 +371,8 @@ cdef class WorkerState:
                     recs = {}  # Python code may write into what it is given
                 instructions += self._transitions(recs, stimulus_id=stim.stimulus_id)
             else:
-                more = self._transitions_c(recs, stim.stimulus_id)
+                # a compiled handler's recs dict: nobody else has it
+                more = self._transitions_c(recs, stim.stimulus_id, not self._py_handle_event)
                 if more:
                     instructions.extend(more)
         return instructions
@@ -382,7 +383,7 @@ cdef class WorkerState:
 
     def _transitions(self, recommendations, *, stimulus_id):
         """Process recommendations until none are left; return the instructions."""
-        return self._transitions_c(recommendations, stimulus_id)
+        return self._transitions_c(recommendations, stimulus_id, False)
 
     def _transition(self, ts, finish, *args, stimulus_id):
         """Transition one task to ``finish`` (a state name or a (state, *args) tuple)."""
@@ -397,13 +398,19 @@ cdef class WorkerState:
 
     # --- recommendations -----------------------------------------------------------------
 
-    cdef list _transitions_c(self, object recommendations, object stimulus_id):
+    cdef list _transitions_c(self, object recommendations, object stimulus_id,
+                             bint owned):
+        """Process recommendations; ``owned``: a dict that nobody else refers to
+        (a handler's result), consumed here instead of a copy of it."""
         cdef list instructions = []
         cdef dict initial_states = {}
         if recommendations:
             # our own copy, consumed as it is processed
             if type(recommendations) is dict:
-                recs = (<dict>recommendations).copy()
+                if owned:
+                    recs = recommendations
+                else:
+                    recs = (<dict>recommendations).copy()
             else:
                 recs = recommendations.copy()
             self._process_recs(recs, instructions, initial_states, stimulus_id)
