@@ -316,25 +316,32 @@ cdef class TaskState:
             unmade |= UNMADE_WHO_HAS
         else:
             self._who_has = who_has
+        if resource_restrictions is _MISSING:
+            unmade |= UNMADE_RESTRICTIONS
+        else:
+            self._resource_restrictions = resource_restrictions
+        if startstops is _MISSING:
+            unmade |= UNMADE_STARTSTOPS
+        else:
+            self._startstops = startstops
+        if metadata is _MISSING:
+            unmade |= UNMADE_METADATA
+        else:
+            self._metadata = metadata
         self._unmade = unmade
         self._state = state_code(state)
         self._previous = optional_state_code(previous)
         self._next = optional_state_code(next)
         self.priority = priority
         self.coming_from = coming_from
-        self.resource_restrictions = (
-            {} if resource_restrictions is _MISSING else resource_restrictions
-        )
         self.exception = exception
         self.traceback = traceback
         self.exception_text = exception_text
         self.traceback_text = traceback_text
         self.type = type
         self.suspicious_count = suspicious_count
-        self.startstops = [] if startstops is _MISSING else startstops
         self.start_time = start_time
         self.stop_time = stop_time
-        self.metadata = {} if metadata is _MISSING else metadata
         self.nbytes = nbytes
         self.annotations = annotations
         self.span_id = span_id
@@ -358,6 +365,49 @@ cdef class TaskState:
         _unlink(self)
 
     # --- sets made on first use ---------------------------------------------------
+
+    @property
+    def resource_restrictions(self):
+        """Resources the task holds while it runs ({name: amount})."""
+        return made_resource_restrictions(self)
+
+    @resource_restrictions.setter
+    def resource_restrictions(self, value):
+        set_resource_restrictions(self, value)
+
+    @resource_restrictions.deleter
+    def resource_restrictions(self):
+        set_resource_restrictions(self, None)
+
+    @property
+    def startstops(self):
+        """The task's compute, transfer and disk actions ({action, start, stop})."""
+        return made_startstops(self)
+
+    @startstops.setter
+    def startstops(self, list value):
+        self._startstops = value
+        self._unmade &= ~UNMADE_STARTSTOPS
+
+    @startstops.deleter
+    def startstops(self):
+        self._startstops = None
+        self._unmade &= ~UNMADE_STARTSTOPS
+
+    @property
+    def metadata(self):
+        """Metadata about the task (e.g. set by worker plugins)."""
+        return made_metadata(self)
+
+    @metadata.setter
+    def metadata(self, value):
+        self._metadata = value
+        self._unmade &= ~UNMADE_METADATA
+
+    @metadata.deleter
+    def metadata(self):
+        self._metadata = None
+        self._unmade &= ~UNMADE_METADATA
 
     @property
     def dependencies(self):
@@ -679,11 +729,8 @@ cdef TaskState new_task(object key):
     ts._unmade = UNMADE_ALL
     ts._previous = TS_NONE
     ts._next = TS_NONE
-    ts.resource_restrictions = {}
     ts.exception_text = ""
     ts.traceback_text = ""
-    ts.startstops = []
-    ts.metadata = {}
     ts._serial = _next_serial
     _next_serial += 1
     _link(ts)

@@ -196,7 +196,7 @@ cdef tuple _handle_compute_task(WorkerState self, object ev):
     # keeps the restrictions it runs with, so that the resources it holds are
     # released correctly when it ends, even if the new ones differ.
     if not ((s == TS_CANCELLED or s == TS_RESUMED) and _ran_in_thread(ts._previous)):
-        ts.resource_restrictions = f.get(ev, CT_RESTRICTIONS)
+        set_resource_restrictions(ts, f.get(ev, CT_RESTRICTIONS))
     who_has = f.get(ev, CT_WHO_HAS)
     dep_nbytes = f.get(ev, CT_NBYTES)
     if self.validate:
@@ -268,7 +268,7 @@ cdef tuple _handle_execute_success(WorkerState self, object ev):
     # The scheduler estimates occupancy from this: the run alone, without the time
     # spent in the thread pool or the event loop.
     cdef _EventFields f = _EXEC_SUCCESS_FIELDS
-    ts.startstops.append(
+    made_startstops(ts).append(
         {"action": "compute", "start": f.get(ev, ES_START), "stop": f.get(ev, ES_STOP)}
     )
     ts.nbytes = f.get(ev, ES_NBYTES)
@@ -281,7 +281,7 @@ cdef tuple _handle_execute_failure(WorkerState self, object ev):
     cdef dict recs = {}
     cdef TaskState ts = _execute_done_common(self, ev, recs)
     if ev.start is not None and ev.stop is not None:
-        ts.startstops.append({"action": "compute", "start": ev.start, "stop": ev.stop})
+        made_startstops(ts).append({"action": "compute", "start": ev.start, "stop": ev.stop})
     recs[ts] = ("error", ev.exception, ev.traceback, ev.exception_text,
                 ev.traceback_text, ev.run_id)
     return recs, _NO_INSTR

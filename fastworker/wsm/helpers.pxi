@@ -73,6 +73,13 @@ cdef inline object _waiters(TaskState ts):
     return ts._waiters
 
 
+cdef inline object _resource_restrictions(TaskState ts):
+    # (not made: an empty mapping, like the {} it will be)
+    if ts._unmade & UNMADE_RESTRICTIONS:
+        return _NO_RECS
+    return ts._resource_restrictions
+
+
 cdef inline object _who_has(TaskState ts):
     if ts._unmade & UNMADE_WHO_HAS:
         return _NOT_MADE

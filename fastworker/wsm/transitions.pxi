@@ -223,7 +223,7 @@ cdef tuple _transition_waiting_ready(WorkerState self, TaskState ts, tuple args,
                                      object stimulus_id):
     if self.validate:
         _validate_waiting_to_runnable(self, ts)
-    if ts.resource_restrictions:
+    if _resource_restrictions(ts):
         return {ts: "constrained"}, _NO_INSTR
     ts._state = TS_READY
     assert ts.priority is not None
@@ -445,7 +445,7 @@ cdef tuple _transition_to_memory(WorkerState self, TaskState ts, object value,
         if stop - start > 0.005:
             # data spilled this or other values to disk (or a third-party mapping
             # did other slow work): shown as a disk-write
-            ts.startstops.append({"action": "disk-write", "start": start, "stop": stop})
+            made_startstops(ts).append({"action": "disk-write", "start": start, "stop": stop})
     ts._state = TS_MEMORY
     if ts.nbytes is None:
         ts.nbytes = safe_sizeof(value)
