@@ -26,7 +26,7 @@ cdef int _update_who_has(WorkerState self, object who_has) except -1:
             for worker in old - workers:
                 _item_of(self.has_what, worker).remove(key)
                 if ts._state == TS_FETCH:
-                    _queue_of(self.data_needed, worker).remove(ts)
+                    _heap_remove(_queue_of(self.data_needed, worker), ts)
         for worker in workers - old:
             _set_add(_item_of(self.has_what, worker), key)
             if ts._state == TS_FETCH:
@@ -232,8 +232,9 @@ cdef object _select_keys_for_gather(WorkerState self, object available, list to_
         ts = _heap_peek(available)
         if _task_exceeds_transfer_limits(self, ts, message_nbytes):
             break
-        for w in _who_has(ts):
-            _queue_of(self.data_needed, w).remove(ts)
+        if _made_set(ts._unmade & UNMADE_WHO_HAS, ts._who_has):  # (a typed loop: no iterator)
+            for w in ts._who_has:
+                _heap_remove(_queue_of(self.data_needed, w), ts)
         to_gather.append(ts)
         message_nbytes += ts.get_nbytes()
     return message_nbytes

@@ -49,6 +49,17 @@ cdef inline int _append_log(object log, object entry) except -1:
 cdef frozenset _NOT_MADE = frozenset()
 
 
+cdef inline bint _made_set(int unmade, object field) except -1:
+    """Whether to loop over a task's set field (typed, without an iterator object):
+    not if it is still to be made (empty); a field a user set to None fails as
+    iterating it would."""
+    if unmade:
+        return False
+    if field is None:
+        raise TypeError("'NoneType' object is not iterable")
+    return True
+
+
 cdef inline object _dependencies(TaskState ts):
     if ts._unmade & UNMADE_DEPENDENCIES:
         return _NOT_MADE
@@ -226,6 +237,16 @@ cdef inline int _heap_discard(object heap, object ts) except -1:
     if type(heap) is PriorityHeapSet:
         return (<PriorityHeapSet>heap).discard_c(ts)
     heap.discard(ts)
+    return 0
+
+
+cdef inline int _heap_remove(object heap, object ts) except -1:
+    if type(heap) is PriorityHeapSet:
+        # MutableSet.remove, which PriorityHeapSet.remove is: KeyError if absent
+        if not (<PriorityHeapSet>heap).contains_c(ts):
+            raise KeyError(ts)
+        return (<PriorityHeapSet>heap).discard_c(ts)
+    heap.remove(ts)
     return 0
 
 

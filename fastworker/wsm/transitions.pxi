@@ -106,8 +106,9 @@ cdef tuple _transition_generic_fetch(WorkerState self, TaskState ts, tuple args,
     self.fetch_count += 1
     assert ts.priority
     data_needed = self.data_needed
-    for w in _who_has(ts):
-        _heap_add(_queue_of(data_needed, w), ts)
+    if _made_set(ts._unmade & UNMADE_WHO_HAS, ts._who_has):  # (a typed loop: no iterator)
+        for w in ts._who_has:
+            _heap_add(_queue_of(data_needed, w), ts)
     return _NOTHING
 
 
@@ -128,9 +129,10 @@ cdef tuple _transition_generic_released(WorkerState self, TaskState ts, tuple ar
     _purge_state(self, ts)
     # A dependency nobody else waits for can go too, unless it is about to run,
     # running or holding data.
-    for dep in _dependencies(ts):
-        if not _waiters(dep) and not _is_unreleasable(dep._state):
-            recs[dep] = "released"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not _waiters(dep) and not _is_unreleasable(dep._state):
+                recs[dep] = "released"
     ts._state = TS_RELEASED
     if not _dependents(ts):
         recs[ts] = "forgotten"
@@ -168,11 +170,12 @@ cdef tuple _transition_released_waiting(WorkerState self, TaskState ts, tuple ar
         assert all(d.key in self.tasks for d in ts.dependencies)
     if not ts._unmade & UNMADE_WAITING_FOR_DATA:
         ts._waiting_for_data.clear()
-    for dep in _dependencies(ts):
-        if dep._state != TS_MEMORY:
-            made_waiting_for_data(ts).add(dep)
-            made_waiters(dep).add(ts)
-            recs[dep] = "fetch"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if dep._state != TS_MEMORY:
+                made_waiting_for_data(ts).add(dep)
+                made_waiters(dep).add(ts)
+                recs[dep] = "fetch"
     if not _waiting_for_data(ts):
         recs[ts] = "ready"
     ts._state = TS_WAITING
@@ -194,11 +197,12 @@ cdef tuple _transition_released_forgotten(WorkerState self, TaskState ts, tuple 
     # The scheduler releases the dependents first.
     if self.validate:
         assert not any(d.state != "forgotten" for d in ts.dependents)
-    for dep in _dependencies(ts):
-        if not dep._unmade & UNMADE_DEPENDENTS:
-            dep._dependents.discard(ts)
-        if dep._state == TS_RELEASED and not _dependents(dep):
-            recs[dep] = "forgotten"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not dep._unmade & UNMADE_DEPENDENTS:
+                dep._dependents.discard(ts)
+            if dep._state == TS_RELEASED and not _dependents(dep):
+                recs[dep] = "forgotten"
     _purge_state(self, ts)
     # Still marked, for whoever holds a reference to the task.
     ts._state = TS_FORGOTTEN
@@ -451,11 +455,12 @@ cdef tuple _transition_to_memory(WorkerState self, TaskState ts, object value,
         ts.nbytes = safe_sizeof(value)
     self.nbytes += ts.nbytes
     ts.type = type(value)
-    for dep in _dependents(ts):
-        if not dep._unmade & UNMADE_WAITING_FOR_DATA:
-            dep._waiting_for_data.discard(ts)
-        if not _waiting_for_data(dep) and dep._state == TS_WAITING:
-            recs[dep] = "ready"
+    if _made_set(ts._unmade & UNMADE_DEPENDENTS, ts._dependents):  # (a typed loop: no iterator)
+        for dep in ts._dependents:
+            if not dep._unmade & UNMADE_WAITING_FOR_DATA:
+                dep._waiting_for_data.discard(ts)
+            if not _waiting_for_data(dep) and dep._state == TS_WAITING:
+                recs[dep] = "ready"
     _append_log(self.log, (key, "put-in-memory", stimulus_id, _now()))
     # The scheduler treats the two messages very differently: add-keys is only
     # accepted for keys already in memory elsewhere and triggers no transition.
@@ -491,11 +496,12 @@ cdef int _purge_state(WorkerState self, TaskState ts) except -1:
             _item_of(has_what, worker).discard(key)
             _heap_discard(_queue_of(data_needed, worker), ts)
         ts._who_has.clear()
-    for dep in _dependencies(ts):
-        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
-            ts._waiting_for_data.discard(dep)
-        if not dep._unmade & UNMADE_WAITERS:
-            dep._waiters.discard(ts)
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+                ts._waiting_for_data.discard(dep)
+            if not dep._unmade & UNMADE_WAITERS:
+                dep._waiters.discard(ts)
     if not ts._unmade & UNMADE_WAITING_FOR_DATA:
         ts._waiting_for_data.clear()
     ts.nbytes = None
