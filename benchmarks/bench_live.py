@@ -54,6 +54,8 @@ class _Recorder:
         self.inner = worker.handle_stimulus
         self.calls: list[tuple] = []  # (stims, cpu seconds, gc seconds)
         self.gc_seconds = 0.0
+        self.gc_by_generation = [0.0, 0.0, 0.0]  # seconds inside our calls, per generation
+        self.gc_count = [0, 0, 0]  # collections inside our calls, per generation
         self._gc_start = None
         self.inside = False
         self.recording = False
@@ -65,7 +67,11 @@ class _Recorder:
         if phase == "start":
             self._gc_start = thread_time()
         elif self._gc_start is not None:
-            self.gc_seconds += thread_time() - self._gc_start
+            spent = thread_time() - self._gc_start
+            self.gc_seconds += spent
+            gen = info.get("generation", 0)
+            self.gc_by_generation[gen] += spent
+            self.gc_count[gen] += 1
             self._gc_start = None
 
     def handle_stimulus(self, *stims):
@@ -112,6 +118,8 @@ def _start(dask_worker):
     rec = dask_worker._live_recorder
     rec.calls.clear()
     rec.gc_seconds = 0.0
+    rec.gc_by_generation = [0.0, 0.0, 0.0]
+    rec.gc_count = [0, 0, 0]
     rec.recording = True
 
 
@@ -154,6 +162,8 @@ def _stop_and_replay(dask_worker):
         "executed": executed,
         "live_s": live,
         "live_gc_s": rec.gc_seconds,
+        "live_gc_by_generation_s": list(rec.gc_by_generation),
+        "live_gc_count": list(rec.gc_count),
         "gc_objects": len(gc.get_objects()),
         "by_event": {k: tuple(v) for k, v in by_event.items()},
     }
@@ -171,6 +181,10 @@ def _stop_and_replay(dask_worker):
     )
     rec.calls.clear()
     return out
+
+
+def _held(dask_worker):
+    return len(dask_worker.state.data)
 
 
 def _noop(x):
@@ -203,6 +217,9 @@ def main(argv=None):
                 wait(futs)
                 del futs
                 time.sleep(0.5)  # the frees arrive
+                deadline = time.monotonic() + 30
+                while any(client.run(_held).values()) and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 (res,) = client.run(_stop_and_replay).values()
                 results.append(res)
             for key in ("live_s", "live_gc_s", "replay_hot_s", "replay_data_s", "replay_cold_s", "replay_nogc_s"):
@@ -212,6 +229,9 @@ def main(argv=None):
                 print(f"  {key:14s} {statistics.median(per):8.1f} us/task  {[round(p, 1) for p in per]}")
             r = results[-1]
             print(f"  calls {r['calls']}, executed {r['executed']}, gc objects {r['gc_objects']:,}")
+            print("  collections inside the state machine, generation 0/1/2: "
+                  f"{r['live_gc_count']}, us/task "
+                  f"{[round(s / r['executed'] * 1e6, 1) for s in r['live_gc_by_generation_s']]}")
             for name, (n, cpu) in sorted(r["by_event"].items(), key=lambda kv: -kv[1][1]):
                 print(f"    {name:28s} {n:6d} calls {cpu / n * 1e6:8.1f} us/call")
 
