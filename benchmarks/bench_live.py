@@ -42,6 +42,8 @@ from distributed import Client, LocalCluster, wait  # noqa: E402
 import fastworker  # noqa: E402
 
 IMPLS = {"stock": distributed.Nanny, "fastworker": fastworker.Nanny}
+#: replay modes run in the workers (--no-cold drops "cold"); they read this at run time
+MODES = {"hot", "cold", "nogc"}
 
 
 class _Recorder:
@@ -52,6 +54,8 @@ class _Recorder:
         self.inner = worker.handle_stimulus
         self.calls: list[tuple] = []  # (stims, cpu seconds, gc seconds)
         self.gc_seconds = 0.0
+        self.gc_by_generation = [0.0, 0.0, 0.0]  # seconds inside our calls, per generation
+        self.gc_count = [0, 0, 0]  # collections inside our calls, per generation
         self._gc_start = None
         self.inside = False
         self.recording = False
@@ -63,7 +67,11 @@ class _Recorder:
         if phase == "start":
             self._gc_start = thread_time()
         elif self._gc_start is not None:
-            self.gc_seconds += thread_time() - self._gc_start
+            spent = thread_time() - self._gc_start
+            self.gc_seconds += spent
+            gen = info.get("generation", 0)
+            self.gc_by_generation[gen] += spent
+            self.gc_count[gen] += 1
             self._gc_start = None
 
     def handle_stimulus(self, *stims):
@@ -110,6 +118,8 @@ def _start(dask_worker):
     rec = dask_worker._live_recorder
     rec.calls.clear()
     rec.gc_seconds = 0.0
+    rec.gc_by_generation = [0.0, 0.0, 0.0]
+    rec.gc_count = [0, 0, 0]
     rec.recording = True
 
 
@@ -152,10 +162,14 @@ def _stop_and_replay(dask_worker):
         "executed": executed,
         "live_s": live,
         "live_gc_s": rec.gc_seconds,
+        "live_gc_by_generation_s": list(rec.gc_by_generation),
+        "live_gc_count": list(rec.gc_count),
         "gc_objects": len(gc.get_objects()),
         "by_event": {k: tuple(v) for k, v in by_event.items()},
     }
     for mode in ("hot", "cold", "nogc"):
+        if mode not in MODES:
+            continue
         out[f"replay_{mode}_s"] = min(
             _replay(calls, type(state), state.address, state.nthreads, mode) for _ in range(3)
         )
@@ -169,6 +183,10 @@ def _stop_and_replay(dask_worker):
     return out
 
 
+def _held(dask_worker):
+    return len(dask_worker.state.data)
+
+
 def _noop(x):
     return x
 
@@ -178,7 +196,12 @@ def main(argv=None):
     parser.add_argument("--tasks", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impl", action="append", choices=list(IMPLS))
+    parser.add_argument("--no-cold", action="store_true",
+                        help="skip the cold-cache replay (8 MB copied per call: slow on a "
+                        "loaded machine)")
     args = parser.parse_args(argv)
+    if args.no_cold:
+        MODES.discard("cold")
     for impl, nanny in IMPLS.items():
         if args.impl and impl not in args.impl:
             continue
@@ -194,13 +217,21 @@ def main(argv=None):
                 wait(futs)
                 del futs
                 time.sleep(0.5)  # the frees arrive
+                deadline = time.monotonic() + 30
+                while any(client.run(_held).values()) and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 (res,) = client.run(_stop_and_replay).values()
                 results.append(res)
             for key in ("live_s", "live_gc_s", "replay_hot_s", "replay_data_s", "replay_cold_s", "replay_nogc_s"):
+                if key not in results[0]:
+                    continue
                 per = [r[key] / r["executed"] * 1e6 for r in results]
                 print(f"  {key:14s} {statistics.median(per):8.1f} us/task  {[round(p, 1) for p in per]}")
             r = results[-1]
             print(f"  calls {r['calls']}, executed {r['executed']}, gc objects {r['gc_objects']:,}")
+            print("  collections inside the state machine, generation 0/1/2: "
+                  f"{r['live_gc_count']}, us/task "
+                  f"{[round(s / r['executed'] * 1e6, 1) for s in r['live_gc_by_generation_s']]}")
             for name, (n, cpu) in sorted(r["by_event"].items(), key=lambda kv: -kv[1][1]):
                 print(f"    {name:28s} {n:6d} calls {cpu / n * 1e6:8.1f} us/call")
 

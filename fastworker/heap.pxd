@@ -73,6 +73,8 @@ cdef class PriorityHeapSet:
     cdef Py_ssize_t size(self) noexcept
     cdef int discard_c(self, object ts) except -1
     cdef int clear_c(self) except -1
+    # Back to the state of a new PriorityHeapSet() if empty and idle (reuse).
+    cdef bint reset_fresh(self) except -1
 
     # Internals.
     cdef int _set_key(self, object key) except -1

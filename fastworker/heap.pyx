@@ -534,6 +534,23 @@ cdef class PriorityHeapSet:
             self._maybe_compact()
         return 0
 
+    cdef bint reset_fresh(self) except -1:
+        """Make an empty heap (no member) exactly what ``PriorityHeapSet()`` makes,
+        counter and key included, keeping its entries buffer; False (nothing done)
+        if it is not empty or is in use. For compiled callers that reuse queues."""
+        if self._busy or PySet_GET_SIZE(self._members):
+            return False
+        self._release_all()
+        if self._n or PySet_GET_SIZE(self._members):
+            return False  # a finalizer run by the releases used the heap again
+        self._keyfunc = _PRIORITY_GETTER
+        self._priority_key = True
+        self._counter = 0
+        self._is_sorted = True
+        self._compact_min = _DEFAULT_COMPACT_MIN
+        self._compact_at = _DEFAULT_COMPACT_MIN
+        return True
+
     cdef int clear_c(self) except -1:
         """``clear``: empty the set and the heap. The counter is not reset."""
         self._check_idle()

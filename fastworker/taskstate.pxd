@@ -54,20 +54,24 @@ cdef class TaskState:
     cdef TaskStateCode _next
     cdef public object priority
     cdef set _who_has
-    # UNMADE_* bits: that set is still to be made (its field holds None meanwhile)
+    # UNMADE_* bits: that set (or dict, list) is still to be made (its field holds
+    # None meanwhile)
     cdef unsigned char _unmade
     cdef public object coming_from
-    cdef public object resource_restrictions
+    # resource_restrictions, startstops and metadata are made on first use too
+    # (UNMADE_RESTRICTIONS, UNMADE_STARTSTOPS, UNMADE_METADATA): a task fetched from
+    # a peer never uses them, and a computed task gets its restrictions from the event.
+    cdef object _resource_restrictions
     cdef public object exception
     cdef public object traceback
     cdef public object exception_text
     cdef public object traceback_text
     cdef public object type
     cdef public Py_ssize_t suspicious_count
-    cdef public list startstops
+    cdef object _startstops
     cdef public object start_time
     cdef public object stop_time
-    cdef public object metadata
+    cdef object _metadata
     cdef public object nbytes
     cdef public object annotations
     cdef public object span_id
@@ -100,7 +104,10 @@ cdef enum:
     UNMADE_WAITING_FOR_DATA = 4
     UNMADE_WAITERS = 8
     UNMADE_WHO_HAS = 16
-    UNMADE_ALL = 31
+    UNMADE_RESTRICTIONS = 32
+    UNMADE_STARTSTOPS = 64
+    UNMADE_METADATA = 128
+    UNMADE_ALL = 255
 
 
 # The set itself, made now if it was still to be made: for code that adds to it.
@@ -137,3 +144,30 @@ cdef inline set made_who_has(TaskState ts):
         ts._who_has = set()
         ts._unmade &= ~UNMADE_WHO_HAS
     return ts._who_has
+
+
+cdef inline object made_resource_restrictions(TaskState ts):
+    if ts._unmade & UNMADE_RESTRICTIONS:
+        ts._resource_restrictions = {}
+        ts._unmade &= ~UNMADE_RESTRICTIONS
+    return ts._resource_restrictions
+
+
+cdef inline object made_startstops(TaskState ts):
+    if ts._unmade & UNMADE_STARTSTOPS:
+        ts._startstops = []
+        ts._unmade &= ~UNMADE_STARTSTOPS
+    return ts._startstops
+
+
+cdef inline object made_metadata(TaskState ts):
+    if ts._unmade & UNMADE_METADATA:
+        ts._metadata = {}
+        ts._unmade &= ~UNMADE_METADATA
+    return ts._metadata
+
+
+cdef inline int set_resource_restrictions(TaskState ts, object value) except -1:
+    ts._resource_restrictions = value
+    ts._unmade &= ~UNMADE_RESTRICTIONS
+    return 0

@@ -9,7 +9,14 @@ dataclass; the state is held as a C enum and shown as the same strings.
 cimport cython
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
+
+from cpython.ref cimport Py_DECREF, Py_INCREF
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    void PyUnicode_InternInPlace(PyObject**)
 
 from dask.utils import key_split
 from distributed.utils import recursive_to_dict
@@ -309,25 +316,32 @@ cdef class TaskState:
             unmade |= UNMADE_WHO_HAS
         else:
             self._who_has = who_has
+        if resource_restrictions is _MISSING:
+            unmade |= UNMADE_RESTRICTIONS
+        else:
+            self._resource_restrictions = resource_restrictions
+        if startstops is _MISSING:
+            unmade |= UNMADE_STARTSTOPS
+        else:
+            self._startstops = startstops
+        if metadata is _MISSING:
+            unmade |= UNMADE_METADATA
+        else:
+            self._metadata = metadata
         self._unmade = unmade
         self._state = state_code(state)
         self._previous = optional_state_code(previous)
         self._next = optional_state_code(next)
         self.priority = priority
         self.coming_from = coming_from
-        self.resource_restrictions = (
-            {} if resource_restrictions is _MISSING else resource_restrictions
-        )
         self.exception = exception
         self.traceback = traceback
         self.exception_text = exception_text
         self.traceback_text = traceback_text
         self.type = type
         self.suspicious_count = suspicious_count
-        self.startstops = [] if startstops is _MISSING else startstops
         self.start_time = start_time
         self.stop_time = stop_time
-        self.metadata = {} if metadata is _MISSING else metadata
         self.nbytes = nbytes
         self.annotations = annotations
         self.span_id = span_id
@@ -351,6 +365,49 @@ cdef class TaskState:
         _unlink(self)
 
     # --- sets made on first use ---------------------------------------------------
+
+    @property
+    def resource_restrictions(self):
+        """Resources the task holds while it runs ({name: amount})."""
+        return made_resource_restrictions(self)
+
+    @resource_restrictions.setter
+    def resource_restrictions(self, value):
+        set_resource_restrictions(self, value)
+
+    @resource_restrictions.deleter
+    def resource_restrictions(self):
+        set_resource_restrictions(self, None)
+
+    @property
+    def startstops(self):
+        """The task's compute, transfer and disk actions ({action, start, stop})."""
+        return made_startstops(self)
+
+    @startstops.setter
+    def startstops(self, list value):
+        self._startstops = value
+        self._unmade &= ~UNMADE_STARTSTOPS
+
+    @startstops.deleter
+    def startstops(self):
+        self._startstops = None
+        self._unmade &= ~UNMADE_STARTSTOPS
+
+    @property
+    def metadata(self):
+        """Metadata about the task (e.g. set by worker plugins)."""
+        return made_metadata(self)
+
+    @metadata.setter
+    def metadata(self, value):
+        self._metadata = value
+        self._unmade &= ~UNMADE_METADATA
+
+    @metadata.deleter
+    def metadata(self):
+        self._metadata = None
+        self._unmade &= ~UNMADE_METADATA
 
     @property
     def dependencies(self):
@@ -435,7 +492,7 @@ cdef class TaskState:
 
     cdef object get_prefix(self):
         if self._prefix is None:
-            self._prefix = key_split(self.key)
+            self._prefix = _key_split(self.key)
         return self._prefix
 
     @property
@@ -576,6 +633,73 @@ cdef class TaskStateWithDuration(TaskState):
         self.duration = state[last]
 
 
+# --- task prefixes ------------------------------------------------------------------
+# dask.utils.key_split is an lru_cache'd Python function; the keys of a worker's
+# tasks are nearly all distinct, so nearly every task pays a cache miss and the
+# Python body. _key_split gives the same string without it for the common key
+# shapes (an ASCII str starting with a letter, or a tuple whose first item is one)
+# and calls key_split for everything else.
+
+cdef inline bint _ascii_alpha(Py_UCS4 c) noexcept:
+    return (c >= 'a' and c <= 'z') or (c >= 'A' and c <= 'Z')
+
+
+cdef object _key_split(object key):
+    cdef object s = key
+    cdef Py_ssize_t n, i, start, end, result_end
+    cdef Py_UCS4 c
+    cdef bint alpha
+    if type(s) is tuple:
+        if not PyTuple_GET_SIZE(s):
+            return key_split(key)
+        s = <object>PyTuple_GET_ITEM(s, 0)
+    if type(s) is not str or not PyUnicode_IS_ASCII(s):
+        return key_split(key)
+    n = PyUnicode_GET_LENGTH(s)
+    if n == 0 or not _ascii_alpha(PyUnicode_READ_CHAR(s, 0)):
+        return key_split(key)
+    # key_split: the first "-"-separated word (it starts with a letter), then each
+    # following word while it is alphabetic and not 8 letters starting with a-f
+    # (hex_pattern.match); the result is always a prefix of the string.
+    i = 0
+    while i < n and PyUnicode_READ_CHAR(s, i) != '-':
+        i += 1
+    result_end = i
+    while result_end < n:
+        start = result_end + 1
+        end = start
+        alpha = True
+        while end < n:
+            c = PyUnicode_READ_CHAR(s, end)
+            if c == '-':
+                break
+            if not _ascii_alpha(c):
+                alpha = False
+            end += 1
+        if not alpha or end == start:
+            break
+        if end - start == 8:
+            c = PyUnicode_READ_CHAR(s, start)
+            if c >= 'a' and c <= 'f':
+                break
+        result_end = end
+    if result_end == 32:
+        return key_split(key)  # maybe a 32-digit hex token: key_split says "data"
+    result = s if result_end == n else s[:result_end]
+    # sys.intern(result)
+    cdef PyObject* interned = <PyObject*>result
+    Py_INCREF(result)
+    PyUnicode_InternInPlace(&interned)
+    out = <object>interned
+    Py_DECREF(<object>interned)
+    return out
+
+
+def _key_split_for_tests(key):
+    """_key_split, for the tests that compare it with dask's key_split."""
+    return _key_split(key)
+
+
 cdef TaskState _alloc_task():
     return TaskState.__new__(TaskState)
 
@@ -605,11 +729,8 @@ cdef TaskState new_task(object key):
     ts._unmade = UNMADE_ALL
     ts._previous = TS_NONE
     ts._next = TS_NONE
-    ts.resource_restrictions = {}
     ts.exception_text = ""
     ts.traceback_text = ""
-    ts.startstops = []
-    ts.metadata = {}
     ts._serial = _next_serial
     _next_serial += 1
     _link(ts)

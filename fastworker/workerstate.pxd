@@ -55,7 +55,8 @@ cdef class WorkerState:
     # module, taking the WorkerState as self: see workerstate.pyx) ---
     cdef list _handle_stimuli(self, tuple stims)
     cdef tuple _handle_event_c(self, object ev)
-    cdef list _transitions_c(self, object recommendations, object stimulus_id)
+    cdef list _transitions_c(self, object recommendations, object stimulus_id,
+                             bint owned)
     cdef void _process_recs(self, dict recs, list instructions, dict initial_states,
                             object stimulus_id) except *
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id)

@@ -28,6 +28,8 @@ includes the rest, by concern:
 - ``wsm/counter.pxi``: TaskCounter
 - ``includes/slots.h``: C helpers to make and copy slotted dataclasses
 """
+cimport cython
+
 import copyreg
 import inspect as _inspect
 import dataclasses
@@ -93,7 +95,15 @@ from distributed.worker_state_machine import (
 from distributed.worker_state_machine import TaskState as StockTaskState
 from distributed.worker_state_machine import WorkerState as _StockWorkerState
 
-from cpython.dict cimport PyDict_Check, PyDict_Next
+from cpython.dict cimport (
+    PyDict_Check,
+    PyDict_Contains,
+    PyDict_GetItem,
+    PyDict_GetItemWithError,
+    PyDict_Next,
+    PyDict_SetItem,
+)
+from cpython.set cimport PySet_Add
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -120,23 +130,38 @@ from fastworker.taskstate cimport (
     UNMADE_DEPENDENTS,
     UNMADE_WAITERS,
     UNMADE_WAITING_FOR_DATA,
+    UNMADE_RESTRICTIONS,
     UNMADE_WHO_HAS,
     TaskState,
     TaskStateWithDuration,
     made_dependencies,
     made_dependents,
+    made_metadata,
+    made_startstops,
     made_waiters,
     made_waiting_for_data,
     made_who_has,
     new_task,
+    set_resource_restrictions,
     state_code,
 )
+
+cdef extern from "includes/fastcalls.h":
+    int fw_init_deque_append(object deque_type, object append_descr) except -1
+    bint fw_is_deque(object seq) noexcept
+    int fw_deque_append(object seq, object item) except -1
+
+cdef extern from "Python.h":
+    PyObject** _PyObject_GetDictPtr(object)
+    Py_ssize_t fw_refcnt "Py_REFCNT"(PyObject*)
+    PyObject* fw_type "(PyObject *)Py_TYPE"(PyObject*)
 
 cdef extern from "includes/slots.h":
     Py_ssize_t fw_slot_offset(object descr)
     object fw_copy_slots(object obj, tuple offsets)
     object fw_alloc(object cls)
     void fw_put(object obj, Py_ssize_t offset, object v)
+    PyObject* fw_peek_slot(object obj, Py_ssize_t offset) noexcept
 
 __all__ = ["WorkerState"]
 
@@ -156,7 +181,7 @@ _FEATURES = _release_features()
 cdef object _RUN_ID_SENTINEL = -1
 
 cdef object _DEBUG = logging.DEBUG
-cdef bint _PLAIN_LOGGER = type(logger) is logging.Logger
+cdef object _LOGGER_CLASS = logging.Logger
 
 
 cdef bint _debug_enabled() except -1:
@@ -164,18 +189,32 @@ cdef bint _debug_enabled() except -1:
 
     A plain Logger answers False while ``disabled``, else from ``_cache`` (which
     logging clears whenever a level changes), and only computes and caches the
-    answer on a miss; the same is done here without the method call.
+    answer on a miss; the same is done here without the method call, reading the
+    logger's instance dict directly (a plain Logger's class defines neither
+    ``disabled`` nor ``_cache``, so instance attributes are what getattr finds).
     """
-    if not _PLAIN_LOGGER or "isEnabledFor" in logger.__dict__:
-        return logger.isEnabledFor(_DEBUG)
-    if logger.disabled:
+    cdef PyObject** dictptr
+    cdef PyObject* found
+    log = logger
+    if type(log) is not _LOGGER_CLASS:
+        return log.isEnabledFor(_DEBUG)
+    dictptr = _PyObject_GetDictPtr(log)
+    if dictptr is NULL or dictptr[0] is NULL or type(<object>dictptr[0]) is not dict:
+        return log.isEnabledFor(_DEBUG)
+    attrs = <dict>dictptr[0]
+    if PyDict_GetItem(attrs, "isEnabledFor") is not NULL:
+        return log.isEnabledFor(_DEBUG)
+    found = PyDict_GetItem(attrs, "disabled")
+    if found is NULL:
+        return log.isEnabledFor(_DEBUG)
+    if <object>found:
         return False
-    cache = logger.__dict__.get("_cache")
-    if type(cache) is dict:
-        answer = (<dict>cache).get(_DEBUG)
-        if answer is not None:
-            return answer
-    return logger.isEnabledFor(_DEBUG)
+    found = PyDict_GetItem(attrs, "_cache")
+    if found is not NULL and type(<object>found) is dict:
+        found = PyDict_GetItem(<dict>found, _DEBUG)
+        if found is not NULL:
+            return <object>found
+    return log.isEnabledFor(_DEBUG)
 
 
 include "wsm/helpers.pxi"
@@ -319,20 +358,27 @@ cdef class WorkerState:
         # Read the log level once per call, not once per debug message site.
         self._debug = _debug_enabled()
         handled = _now()
+        cdef list more
         for stim in stims:
-            if not isinstance(stim, FindMissingEvent):
-                self.stimulus_log.append(_to_loggable(stim, handled))
+            # (None for the FindMissingEvents, which stock does not log)
+            entry = _to_loggable(stim, handled)
+            if entry is not None:
+                _append_log(self.stimulus_log, entry)
             if self._py_handle_event:
                 recs, instr = self._handle_event(stim)
             else:
                 recs, instr = self._handle_event_c(stim)
-            instructions += instr
+            if instr is not _NO_INSTR:
+                instructions += instr
             if self._py_transitions:
                 if recs is _NO_RECS:
                     recs = {}  # Python code may write into what it is given
                 instructions += self._transitions(recs, stimulus_id=stim.stimulus_id)
             else:
-                instructions += self._transitions_c(recs, stim.stimulus_id)
+                # a compiled handler's recs dict: nobody else has it
+                more = self._transitions_c(recs, stim.stimulus_id, not self._py_handle_event)
+                if more:
+                    instructions.extend(more)
         return instructions
 
     def _handle_event(self, ev):
@@ -341,7 +387,7 @@ cdef class WorkerState:
 
     def _transitions(self, recommendations, *, stimulus_id):
         """Process recommendations until none are left; return the instructions."""
-        return self._transitions_c(recommendations, stimulus_id)
+        return self._transitions_c(recommendations, stimulus_id, False)
 
     def _transition(self, ts, finish, *args, stimulus_id):
         """Transition one task to ``finish`` (a state name or a (state, *args) tuple)."""
@@ -356,13 +402,19 @@ cdef class WorkerState:
 
     # --- recommendations -----------------------------------------------------------------
 
-    cdef list _transitions_c(self, object recommendations, object stimulus_id):
+    cdef list _transitions_c(self, object recommendations, object stimulus_id,
+                             bint owned):
+        """Process recommendations; ``owned``: a dict that nobody else refers to
+        (a handler's result), consumed here instead of a copy of it."""
         cdef list instructions = []
         cdef dict initial_states = {}
         if recommendations:
             # our own copy, consumed as it is processed
             if type(recommendations) is dict:
-                recs = (<dict>recommendations).copy()
+                if owned:
+                    recs = recommendations
+                else:
+                    recs = (<dict>recommendations).copy()
             else:
                 recs = recommendations.copy()
             self._process_recs(recs, instructions, initial_states, stimulus_id)
@@ -463,8 +515,8 @@ cdef class WorkerState:
         if recs is not _NO_RECS:
             for other, new in recs.items():
                 shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
-        self.log.append(
-            (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
+        _append_log(
+            self.log, (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
         )
         return recs_instr
 

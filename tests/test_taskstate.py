@@ -512,3 +512,40 @@ def test_serial_hash_for_differential_tests(fast):
         use_serial_hash(False)
     assert hash(a) != 10  # back to address-based hashing
     assert a in {a} and b not in {a}
+
+
+# The prefix is computed in C for the common key shapes (fastworker.taskstate._key_split)
+# and by dask's key_split for the rest: both must give the same string for any key.
+_PREFIX_KEYS = [
+    "x", "x-1", "x-1-2-3", ("x-2", 1), "('x-2', 1)", "('x', 1)", "hello-world-1",
+    b"hello-world-1", "ae05086432ca935f6eba409a8ecd4896",
+    "<module.submodule.myclass object at 0xdaf372", None, "x-abcdefab", "_(x)", "", (),
+    ("",), "inc-abcdefgh", "inc-Abcdefgh", "inc-gbcdefgh", "inc-abcdefg", "a" * 32,
+    "a" * 31 + "-b", "b" * 16 + "-" + "c" * 15, "a" * 32 + "-x", "x--y", "x-y-", "é-x",
+    "x-é", "x-y-z1-w", "Z-Q", ("getitem-ab12", 3, 4), 1, 1.5, ("x",), (("x", 1), 2),
+    "finalize-hlgfinalizecompute-1234",
+]
+
+
+@pytest.mark.parametrize("key", _PREFIX_KEYS, ids=repr)
+def test_prefix_fast_path_matches_key_split(key):
+    from fastworker.taskstate import _key_split_for_tests
+
+    try:
+        expected = key_split(key)
+    except Exception as e:  # e.g. an empty tuple: both raise the same
+        with pytest.raises(type(e)):
+            _key_split_for_tests(key)
+        return
+    got = _key_split_for_tests(key)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="abfgXZ019_-(),'<> .é", max_size=40)
+       | st.tuples(st.text(alphabet="abfgX1-", max_size=20), st.integers()))
+def test_prefix_fast_path_matches_key_split_random(key):
+    from fastworker.taskstate import _key_split_for_tests
+
+    assert _key_split_for_tests(key) == key_split(key)

@@ -814,3 +814,55 @@ def ws_task(key, priority):
     ts = TaskState(key)
     ts.priority = priority
     return ts
+
+
+def test_hot_events_are_read_from_their_slots():
+    """The hottest handlers read distributed's event classes straight from their slots
+    (see _event_fields_direct): against the pinned release all of them qualify."""
+    from fastworker import workerstate
+
+    assert all(workerstate._event_fields_direct().values())
+
+
+def test_event_subclasses_and_unset_slots_are_read_as_stock_reads_them(impl):
+    """A subclass of a hot event class (here with a property over a field) is read
+    through getattr, and an unset slot raises stock's AttributeError."""
+
+    class FreeTwice(FreeKeysEvent):
+        __slots__ = ()
+
+        @property
+        def keys(self):
+            return ["x", "y"]
+
+    ws = new_state(impl.WorkerState)
+    ws.handle_stimulus(compute("x", "s1"), success("x", "s2"), compute("y", "s3"))
+    free = FreeTwice.__new__(FreeTwice)
+    free.stimulus_id = "s4"
+    ws.handle_stimulus(free)
+    assert "x" not in ws.tasks
+    assert ws.tasks["y"].state == "cancelled"  # running: released when it ends
+
+    unset = FreeKeysEvent.__new__(FreeKeysEvent)
+    unset.stimulus_id = "s5"
+    with pytest.raises(AttributeError, match="keys"):
+        ws.handle_stimulus(unset)
+
+
+def test_dropped_peer_queues_are_reused_as_new(fast_cls):
+    """A peer's queue that data_needed drops when it empties is kept for the next
+    peer only when nothing else refers to it, and is then exactly a new queue."""
+    ws = new_state(fast_cls, validate=False)
+    ws.handle_stimulus(PauseEvent(stimulus_id="s1"))
+    ws.handle_stimulus(acquire("a", [W2], "s2"), acquire("b", [W3], "s3"))
+    held = ws.data_needed[W3]
+    ws.handle_stimulus(UnpauseEvent(stimulus_id="s4"))  # gathers a and b: both queues empty
+    assert W2 not in ws.data_needed and W3 not in ws.data_needed
+    assert len(held) == 0
+    ws.handle_stimulus(PauseEvent(stimulus_id="s5"))
+    ws.handle_stimulus(acquire("c", [LOCAL], "s6"))
+    queue = ws.data_needed[LOCAL]
+    assert queue is not held  # a queue someone still refers to is never reused
+    # reused or not, exactly what a new queue holding one task is
+    assert len(queue) == 1 and queue._inc == 1 and queue.peek() is ws.tasks["c"]
+    assert type(queue).__name__ == "PriorityHeapSet"

@@ -53,4 +53,9 @@ static void fw_put(PyObject *obj, Py_ssize_t offset, PyObject *v) {
     Py_XDECREF(old);
 }
 
+/* The object in a plain object slot (borrowed), NULL while the slot is unset. */
+static PyObject *fw_peek_slot(PyObject *obj, Py_ssize_t offset) {
+    return *(PyObject **)((char *)obj + offset);
+}
+
 #endif /* FASTWORKER_SLOTS_H */

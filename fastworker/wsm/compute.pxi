@@ -53,26 +53,29 @@ cdef TaskState _next_ready_task(WorkerState self):
 
 
 cdef bint _resource_restrictions_satisfied(WorkerState self, TaskState ts) except -1:
-    if not ts.resource_restrictions:
+    restrictions = _resource_restrictions(ts)
+    if not restrictions:
         return True
     available = self.available_resources
-    for resource, needed in ts.resource_restrictions.items():
+    for resource, needed in restrictions.items():
         if not available[resource] >= needed:
             return False
     return True
 
 
 cdef int _acquire_resources(WorkerState self, TaskState ts) except -1:
-    if ts.resource_restrictions:
+    restrictions = _resource_restrictions(ts)
+    if restrictions:
         available = self.available_resources
-        for resource, needed in ts.resource_restrictions.items():
+        for resource, needed in restrictions.items():
             available[resource] -= needed
     return 0
 
 
 cdef int _release_resources(WorkerState self, TaskState ts) except -1:
-    if ts.resource_restrictions:
+    restrictions = _resource_restrictions(ts)
+    if restrictions:
         available = self.available_resources
-        for resource, needed in ts.resource_restrictions.items():
+        for resource, needed in restrictions.items():
             available[resource] += needed
     return 0

@@ -42,6 +42,51 @@ def _handled_event_classes():
     return list(_EVENT_CODES)
 
 
+# --- reading events' fields -------------------------------------------------------------
+# Events are slotted dataclasses. A handler reads the fields of the event classes
+# it handles most through an _EventFields of that class: straight from the slot
+# when the event is exactly that class and the slot is set, else through getattr
+# (subclasses, unset slots: the same value or the same AttributeError).
+
+cdef enum:
+    MAX_EVENT_FIELDS = 16
+
+
+@cython.final
+cdef class _EventFields:
+    cdef object cls
+    cdef tuple names
+    cdef bint direct
+    cdef Py_ssize_t offsets[MAX_EVENT_FIELDS]
+
+    def __init__(self, cls, tuple names):
+        assert len(names) <= MAX_EVENT_FIELDS
+        self.cls = cls
+        self.names = names
+        offsets = _slot_offsets(cls, names)
+        self.direct = offsets is not None
+        if self.direct:
+            for i, offset in enumerate(offsets):
+                self.offsets[i] = offset
+
+    cdef inline object get(self, object ev, int i):
+        cdef PyObject* value
+        if self.direct and type(ev) is self.cls:
+            value = fw_peek_slot(ev, self.offsets[i])
+            if value is not NULL:
+                return <object>value
+        return getattr(ev, <str>self.names[i])
+
+
+def _event_fields_direct():
+    """Which event classes' fields are read from their slots, for tests."""
+    return {
+        f.cls.__name__: f.direct
+        for f in (_COMPUTE_FIELDS, _EXEC_SUCCESS_FIELDS, _FREE_KEYS_FIELDS,
+                  _ACQUIRE_FIELDS, _GATHER_SUCCESS_FIELDS)
+    }
+
+
 # --- stimulus log entries ------------------------------------------------------------
 # Stock logs ``stim.to_loggable(handled=...)``: the event itself, or for four event
 # classes a ``copy.copy`` with the bulky payload blanked. copy.copy of a slotted
@@ -49,6 +94,7 @@ def _handled_event_classes():
 # here slot by slot. Classes whose to_loggable is not one of the known ones (user
 # subclasses) are asked to make their own entry.
 cdef enum LoggableKind:
+    LOG_NONE = -1        # FindMissingEvent: not logged
     LOG_OWN = 0          # call stim.to_loggable
     LOG_IN_PLACE         # StateMachineEvent.to_loggable: set handled, log the event
     LOG_NO_RUN_SPEC      # ComputeTaskEvent: copy, run_spec = None
@@ -73,6 +119,8 @@ cdef tuple _loggable_kind(object cls):
     # copy.copy of these objects: a new instance with the slots that are set
     if cls.__dictoffset__ or cls.__new__ is not StateMachineEvent.__new__:
         kind = LOG_OWN  # an instance __dict__ or its own __new__: let it copy itself
+    if issubclass(cls, FindMissingEvent):
+        kind = LOG_NONE
     slots = tuple(copyreg._slotnames(cls))
     entry = (kind, slots, _slot_offsets(cls, slots))
     _LOGGABLE[cls] = entry
@@ -127,6 +175,8 @@ cdef object _to_loggable(object stim, object handled):
     if entry is None:
         entry = _loggable_kind(cls)
     cdef int kind = (<tuple>entry)[0]
+    if kind == LOG_NONE:
+        return None
     if kind == LOG_IN_PLACE:
         stim.handled = handled
         return stim

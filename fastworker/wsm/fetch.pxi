@@ -19,16 +19,18 @@ cdef int _update_who_has(WorkerState self, object who_has) except -1:
                     "Scheduler claims worker %s holds data for task %s, which is not true.",
                     self._address, ts,
                 )
-        if _who_has(ts) == workers:
+        old = _who_has(ts)
+        if old == workers:
             continue
-        for worker in _who_has(ts) - workers:
-            self.has_what[worker].remove(key)
+        if old:  # (a task's first holders: nothing to remove)
+            for worker in old - workers:
+                _item_of(self.has_what, worker).remove(key)
+                if ts._state == TS_FETCH:
+                    _heap_remove(_queue_of(self.data_needed, worker), ts)
+        for worker in workers - old:
+            _set_add(_item_of(self.has_what, worker), key)
             if ts._state == TS_FETCH:
-                self.data_needed[worker].remove(ts)
-        for worker in workers - _who_has(ts):
-            self.has_what[worker].add(key)
-            if ts._state == TS_FETCH:
-                _heap_add(self.data_needed[worker], ts)
+                _heap_add(_queue_of(self.data_needed, worker), ts)
         ts._who_has = workers
         ts._unmade &= ~UNMADE_WHO_HAS
     return 0
@@ -89,12 +91,14 @@ cdef class _GatherOrder:
             worker, tasks = self.current
             self.current = None
             if not _heap_len(tasks):
-                del data_needed[worker]
+                tasks = None  # (so that the dropped queue can be reused)
+                _drop_queue(data_needed, worker)
         heap = self.heap
         while heap:
             _, is_remote, ntasks_neg, rnd, worker, tasks = heappop(heap)
             if not _heap_len(tasks):
-                del data_needed[worker]
+                tasks = None
+                _drop_queue(data_needed, worker)
             elif -ntasks_neg != _heap_len(tasks):
                 ntasks = _heap_len(tasks)
                 heappush(heap, (_heap_peek(tasks).priority, is_remote, -ntasks, rnd, worker, tasks))
@@ -150,8 +154,9 @@ cdef list _rank_peers(WorkerState ws, dict data_needed):
             ws.rng.random(), worker, tasks,
         ))
     if empties is not None:
+        tasks = None
         for worker in empties:
-            del data_needed[worker]
+            _drop_queue(data_needed, worker)
     if len(heap) > 1:
         heapify(heap)
     return heap
@@ -195,7 +200,7 @@ cdef tuple _ensure_communicating(WorkerState self, object stimulus_id):
                 len(self.in_flight_workers), self.transfer_incoming_count_limit,
                 len(self.busy_workers),
             )
-        self.log.append(("gather-dependencies", worker, to_gather_keys, stimulus_id, _now()))
+        _append_log(self.log, ("gather-dependencies", worker, to_gather_keys, stimulus_id, _now()))
         for ts in to_gather:
             if self.validate:
                 assert ts._state == TS_FETCH
@@ -227,8 +232,9 @@ cdef object _select_keys_for_gather(WorkerState self, object available, list to_
         ts = _heap_peek(available)
         if _task_exceeds_transfer_limits(self, ts, message_nbytes):
             break
-        for w in _who_has(ts):
-            self.data_needed[w].remove(ts)
+        if _made_set(ts._unmade & UNMADE_WHO_HAS, ts._who_has):  # (a typed loop: no iterator)
+            for w in ts._who_has:
+                _heap_remove(_queue_of(self.data_needed, w), ts)
         to_gather.append(ts)
         message_nbytes += ts.get_nbytes()
     return message_nbytes

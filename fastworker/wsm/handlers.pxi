@@ -29,6 +29,30 @@ _on_event(FindMissingEvent, _handle_find_missing)
 _on_event(RefreshWhoHasEvent, _handle_refresh_who_has)
 
 
+# The fields the hottest handlers read (wsm/events.pxi: _EventFields).
+cdef _EventFields _COMPUTE_FIELDS = _EventFields(ComputeTaskEvent, (
+    "stimulus_id", "key", "run_id", "run_spec", "priority", "actor", "annotations",
+    "span_id", "resource_restrictions", "who_has", "nbytes",
+))
+cdef enum:
+    CT_SID, CT_KEY, CT_RUN_ID, CT_RUN_SPEC, CT_PRIORITY, CT_ACTOR, CT_ANNOTATIONS
+    CT_SPAN_ID, CT_RESTRICTIONS, CT_WHO_HAS, CT_NBYTES
+
+cdef _EventFields _EXEC_SUCCESS_FIELDS = _EventFields(ExecuteSuccessEvent, (
+    "key", "start", "stop", "nbytes", "type", "value", "run_id",
+))
+cdef enum:
+    ES_KEY, ES_START, ES_STOP, ES_NBYTES, ES_TYPE, ES_VALUE, ES_RUN_ID
+
+cdef _EventFields _FREE_KEYS_FIELDS = _EventFields(FreeKeysEvent, ("keys", "stimulus_id"))
+cdef _EventFields _ACQUIRE_FIELDS = _EventFields(
+    AcquireReplicasEvent, ("who_has", "nbytes", "stimulus_id")
+)
+cdef _EventFields _GATHER_SUCCESS_FIELDS = _EventFields(
+    GatherDepSuccessEvent, ("worker", "total_nbytes", "data", "stimulus_id")
+)
+
+
 cdef TaskState _new_task(WorkerState self, object key):
     cdef TaskState ts = new_task(key)
     self.tasks[key] = ts
@@ -46,7 +70,7 @@ cdef TaskState _ensure_task_exists(WorkerState self, object key, object priority
     if not ts.priority:
         assert priority
         ts.priority = priority
-    self.log.append((key, "ensure-task-exists", _name(ts._state), stimulus_id, _now()))
+    _append_log(self.log, (key, "ensure-task-exists", _name(ts._state), stimulus_id, _now()))
     return ts
 
 
@@ -62,7 +86,7 @@ cdef tuple _handle_update_data(WorkerState self, object ev):
         if ts is None:
             ts = _new_task(self, key)
         recs[ts] = ("memory", value, _RUN_ID_SENTINEL)
-        self.log.append((key, "receive-from-scatter", _name(ts._state), sid, _now()))
+        _append_log(self.log, (key, "receive-from-scatter", _name(ts._state), sid, _now()))
     return recs, _NO_INSTR
 
 
@@ -72,8 +96,9 @@ cdef tuple _handle_free_keys(WorkerState self, object ev):
     # is released but not forgotten.
     cdef TaskState ts
     cdef dict recs = {}
-    self.log.append(("free-keys", ev.keys, ev.stimulus_id, _now()))
-    for key in ev.keys:
+    keys = _FREE_KEYS_FIELDS.get(ev, 0)
+    _append_log(self.log, ("free-keys", keys, _FREE_KEYS_FIELDS.get(ev, 1), _now()))
+    for key in keys:
         ts = self.tasks.get(key)
         if ts:
             recs[ts] = "released"
@@ -93,13 +118,14 @@ cdef tuple _handle_remove_replicas(WorkerState self, object ev):
         # A dependent that is running may be about to read the value: the scheduler
         # must never ask for this, and forgetting it would surface later as a
         # puzzling KeyError in execute.
-        for dep in _dependents(ts):
-            if dep.state in ("executing", "long-running"):
-                raise RuntimeError(
-                    f"Cannot remove replica of {ts.key!r} while {dep.key!r} "
-                    f"in state {dep.state!r}."
-                )
-        self.log.append((ts.key, "remove-replica", sid, _now()))
+        if _made_set(ts._unmade & UNMADE_DEPENDENTS, ts._dependents):  # (a typed loop: no iterator)
+            for dep in ts._dependents:
+                if dep.state in ("executing", "long-running"):
+                    raise RuntimeError(
+                        f"Cannot remove replica of {ts.key!r} while {dep.key!r} "
+                        f"in state {dep.state!r}."
+                    )
+        _append_log(self.log, (ts.key, "remove-replica", sid, _now()))
         recs[ts] = "released"
     return recs, _NO_INSTR
 
@@ -107,18 +133,20 @@ cdef tuple _handle_remove_replicas(WorkerState self, object ev):
 cdef tuple _handle_acquire_replicas(WorkerState self, object ev):
     cdef TaskState ts
     cdef dict recs = {}
+    who_has = _ACQUIRE_FIELDS.get(ev, 0)
     if self.validate:
-        assert ev.who_has.keys() == ev.nbytes.keys()
-        assert all(ev.who_has.values())
-    for key, nbytes in ev.nbytes.items():
+        assert who_has.keys() == ev.nbytes.keys()
+        assert all(who_has.values())
+    sid = _ACQUIRE_FIELDS.get(ev, 2)
+    for key, nbytes in _ACQUIRE_FIELDS.get(ev, 1).items():
         # Priority (1,): after the dependencies of computations at default or high
         # user priority, before those of low-priority ones (compute(priority=p)
         # arrives negated).
-        ts = _ensure_task_exists(self, key, (1,), ev.stimulus_id)
+        ts = _ensure_task_exists(self, key, (1,), sid)
         if ts._state != TS_MEMORY:
             ts.nbytes = nbytes
             recs[ts] = "fetch"
-    _update_who_has(self, ev.who_has)
+    _update_who_has(self, who_has)
     return recs, _NO_INSTR
 
 
@@ -127,8 +155,9 @@ cdef tuple _handle_acquire_replicas(WorkerState self, object ev):
 cdef tuple _handle_compute_task(WorkerState self, object ev):
     cdef TaskState ts, dep_ts
     cdef int s
-    sid = ev.stimulus_id
-    key = ev.key
+    cdef _EventFields f = _COMPUTE_FIELDS
+    sid = f.get(ev, CT_SID)
+    key = f.get(ev, CT_KEY)
     ts = self.tasks.get(key)
     if ts is None:
         ts = _new_task(self, key)
@@ -136,24 +165,25 @@ cdef tuple _handle_compute_task(WorkerState self, object ev):
         logger.debug(
             "Asked to compute an already known task %s", {"task": ts, "stimulus_id": sid}
         )
-    self.log.append((key, "compute-task", _name(ts._state), sid, _now()))
-    ts.run_id = ev.run_id
+    _append_log(self.log, (key, "compute-task", _name(ts._state), sid, _now()))
+    run_id = f.get(ev, CT_RUN_ID)
+    ts.run_id = run_id
     s = ts._state
     if s == TS_READY or s == TS_CONSTRAINED or s == TS_EXECUTING or s == TS_LONG_RUNNING \
             or s == TS_WAITING:
         return _NOTHING
     if s == TS_MEMORY:
-        return {}, [_get_task_finished_msg(self, ts, ev.run_id, sid)]
+        return {}, [_get_task_finished_msg(self, ts, run_id, sid)]
     if not (s == TS_RELEASED or s == TS_FETCH or s == TS_FLIGHT or s == TS_MISSING
             or s == TS_CANCELLED or s == TS_RESUMED or s == TS_ERROR):
         raise RuntimeError(
             f"Unexpected task state encountered for {ts}; stimulus_id={sid}; "
             f"story={self.story(ts)}"
         )
-    ts.run_spec = ev.run_spec
-    priority = ev.priority + (self.generation,)
+    ts.run_spec = f.get(ev, CT_RUN_SPEC)
+    priority = f.get(ev, CT_PRIORITY) + (self.generation,)
     self.generation -= 1
-    if ev.actor:
+    if f.get(ev, CT_ACTOR):
         self.actors[key] = None
     ts.exception = None
     ts.traceback = None
@@ -161,25 +191,27 @@ cdef tuple _handle_compute_task(WorkerState self, object ev):
     ts.traceback_text = ""
     ts.priority = priority
     _compute_task_duration(ts, ev)
-    ts.annotations = ev.annotations
-    ts.span_id = ev.span_id
+    ts.annotations = f.get(ev, CT_ANNOTATIONS)
+    ts.span_id = f.get(ev, CT_SPAN_ID)
     # A task asked for again while it still runs (cancelled or resumed from a run)
     # keeps the restrictions it runs with, so that the resources it holds are
     # released correctly when it ends, even if the new ones differ.
     if not ((s == TS_CANCELLED or s == TS_RESUMED) and _ran_in_thread(ts._previous)):
-        ts.resource_restrictions = ev.resource_restrictions
+        set_resource_restrictions(ts, f.get(ev, CT_RESTRICTIONS))
+    who_has = f.get(ev, CT_WHO_HAS)
+    dep_nbytes = f.get(ev, CT_NBYTES)
     if self.validate:
-        assert ev.who_has.keys() == ev.nbytes.keys()
-        for dep_workers in ev.who_has.values():
+        assert who_has.keys() == dep_nbytes.keys()
+        for dep_workers in who_has.values():
             assert dep_workers
             assert len(dep_workers) == len(set(dep_workers))
-    for dep_key, nbytes in ev.nbytes.items():
+    for dep_key, nbytes in dep_nbytes.items():
         dep_ts = _ensure_task_exists(self, dep_key, priority, sid)
         if dep_ts._state != TS_MEMORY:
             dep_ts.nbytes = nbytes
         made_dependencies(ts).add(dep_ts)
         made_dependents(dep_ts).add(ts)
-    _update_who_has(self, ev.who_has)
+    _update_who_has(self, who_has)
     return {ts: "waiting"}, _NO_INSTR
 
 
@@ -201,7 +233,7 @@ cdef tuple _handle_cancel_compute(WorkerState self, object ev):
     cdef TaskState ts = self.tasks.get(ev.key)
     if not ts or not _is_ready_or_waiting(ts._state):
         return _NOTHING
-    self.log.append((ev.key, "cancel-compute", ev.stimulus_id, _now()))
+    _append_log(self.log, (ev.key, "cancel-compute", ev.stimulus_id, _now()))
     # The scheduler cannot have sent any dependent of a task it has not run yet.
     assert not ts.dependents
     return {ts: "released"}, _NO_INSTR
@@ -216,8 +248,9 @@ cdef TaskState _execute_done_common(WorkerState self, object ev, dict recs):
     handler's own dict, which the handler then adds the task's own recommendation
     to). See also _gather_dep_done_common."""
     # The key must still be there: released -> forgotten waits for the run to end.
-    cdef TaskState ts = self.tasks.get(ev.key)
-    assert ts, self.story(ev.key)
+    key = _EXEC_SUCCESS_FIELDS.get(ev, ES_KEY)
+    cdef TaskState ts = self.tasks.get(key)
+    assert ts, self.story(key)
     if self.validate:
         assert (ts in self.executing) != (ts in self.long_running)
     ts.done = True
@@ -235,10 +268,13 @@ cdef tuple _handle_execute_success(WorkerState self, object ev):
     cdef TaskState ts = _execute_done_common(self, ev, recs)
     # The scheduler estimates occupancy from this: the run alone, without the time
     # spent in the thread pool or the event loop.
-    ts.startstops.append({"action": "compute", "start": ev.start, "stop": ev.stop})
-    ts.nbytes = ev.nbytes
-    ts.type = ev.type
-    recs[ts] = ("memory", ev.value, ev.run_id)
+    cdef _EventFields f = _EXEC_SUCCESS_FIELDS
+    made_startstops(ts).append(
+        {"action": "compute", "start": f.get(ev, ES_START), "stop": f.get(ev, ES_STOP)}
+    )
+    ts.nbytes = f.get(ev, ES_NBYTES)
+    ts.type = f.get(ev, ES_TYPE)
+    recs[ts] = ("memory", f.get(ev, ES_VALUE), f.get(ev, ES_RUN_ID))
     return recs, _NO_INSTR
 
 
@@ -246,7 +282,7 @@ cdef tuple _handle_execute_failure(WorkerState self, object ev):
     cdef dict recs = {}
     cdef TaskState ts = _execute_done_common(self, ev, recs)
     if ev.start is not None and ev.stop is not None:
-        ts.startstops.append({"action": "compute", "start": ev.start, "stop": ev.stop})
+        made_startstops(ts).append({"action": "compute", "start": ev.start, "stop": ev.stop})
     recs[ts] = ("error", ev.exception, ev.traceback, ev.exception_text,
                 ev.traceback_text, ev.run_id)
     return recs, _NO_INSTR
@@ -275,8 +311,8 @@ cdef list _gather_dep_done_common(WorkerState self, object ev):
     error), done, in order. See also _execute_done_common."""
     cdef TaskState ts
     cdef list out = []
-    self.transfer_incoming_bytes -= ev.total_nbytes
-    keys = self.in_flight_workers.pop(ev.worker)
+    self.transfer_incoming_bytes -= _GATHER_SUCCESS_FIELDS.get(ev, 1)
+    keys = self.in_flight_workers.pop(_GATHER_SUCCESS_FIELDS.get(ev, 0))
     for key in keys:
         ts = self.tasks[key]
         ts.done = True
@@ -290,19 +326,22 @@ cdef tuple _handle_gather_dep_success(WorkerState self, object ev):
     # The peer may have sent fewer keys than asked for: fetch the others elsewhere.
     cdef TaskState ts
     cdef dict recs = {}
-    sid = ev.stimulus_id
+    cdef _EventFields f = _GATHER_SUCCESS_FIELDS
+    sid = f.get(ev, 3)
     for ts in _gather_dep_done_common(self, ev):
-        if ts.key in ev.data:
-            recs[ts] = ("memory", ev.data[ts.key], ts.run_id)
+        data = f.get(ev, 2)
+        if ts.key in data:
+            recs[ts] = ("memory", data[ts.key], ts.run_id)
         else:
-            self.log.append((ts.key, "missing-dep", sid, _now()))
+            worker = f.get(ev, 0)
+            _append_log(self.log, (ts.key, "missing-dep", sid, _now()))
             if self.validate:
                 assert ts._state != TS_FETCH
-                assert ts not in self.data_needed[ev.worker]
+                assert ts not in self.data_needed[worker]
             if not ts._unmade & UNMADE_WHO_HAS:
-                ts._who_has.discard(ev.worker)
-            if ev.worker in self.has_what:
-                self.has_what[ev.worker].discard(ts.key)
+                ts._who_has.discard(worker)
+            if worker in self.has_what:
+                self.has_what[worker].discard(ts.key)
             recs[ts] = "fetch"
     return recs, _NO_INSTR
 
@@ -334,7 +373,7 @@ cdef tuple _handle_gather_dep_network_failure(WorkerState self, object ev):
     cdef dict recs = {}
     sid = ev.stimulus_id
     for ts in _gather_dep_done_common(self, ev):
-        self.log.append((ts.key, "missing-dep", sid, _now()))
+        _append_log(self.log, (ts.key, "missing-dep", sid, _now()))
         recs[ts] = "fetch"
     _forget_peer(self, ev.worker, recs)
     return recs, _NO_INSTR

@@ -29,11 +29,35 @@ def _shared_empties():
     return _NO_RECS, _NO_INSTR, _NOTHING
 
 
+# --- logs ------------------------------------------------------------------------------
+# ``log`` and ``stimulus_log`` are deques unless someone rebound them; deque.append
+# is then called directly (includes/fastcalls.h), else through the attribute.
+fw_init_deque_append(deque, deque.__dict__["append"])
+
+
+cdef inline int _append_log(object log, object entry) except -1:
+    if fw_is_deque(log):
+        return fw_deque_append(log, entry)
+    log.append(entry)
+    return 0
+
+
 # --- a task's sets -----------------------------------------------------------------------
 # A task's sets are made on first use (taskstate.pxd). Code that only reads one
 # gets this empty stand-in meanwhile instead of making it; code that removes from
 # one skips it. (A set field a user set to None stays None and fails as before.)
 cdef frozenset _NOT_MADE = frozenset()
+
+
+cdef inline bint _made_set(int unmade, object field) except -1:
+    """Whether to loop over a task's set field (typed, without an iterator object):
+    not if it is still to be made (empty); a field a user set to None fails as
+    iterating it would."""
+    if unmade:
+        return False
+    if field is None:
+        raise TypeError("'NoneType' object is not iterable")
+    return True
 
 
 cdef inline object _dependencies(TaskState ts):
@@ -58,6 +82,13 @@ cdef inline object _waiters(TaskState ts):
     if ts._unmade & UNMADE_WAITERS:
         return _NOT_MADE
     return ts._waiters
+
+
+cdef inline object _resource_restrictions(TaskState ts):
+    # (not made: an empty mapping, like the {} it will be)
+    if ts._unmade & UNMADE_RESTRICTIONS:
+        return _NO_RECS
+    return ts._resource_restrictions
 
 
 cdef inline object _who_has(TaskState ts):
@@ -121,7 +152,77 @@ def _new_heap():
     # keyed by .priority, read directly from the task. __cinit__ alone leaves it as
     # PriorityHeapSet() does (empty, default key), without parsing __init__'s keywords;
     # data_needed makes and drops one per peer whenever the peer's queue empties.
+    return _new_queue()
+
+
+# Queues that data_needed dropped while nobody else referred to them, reset to the
+# state of a new one (PriorityHeapSet.reset_fresh), for the next peer queue: a peer's
+# queue is made and dropped again whenever it empties, often once per transfer.
+cdef list _QUEUE_POOL = []
+cdef Py_ssize_t _QUEUE_POOL_MAX = 64
+
+
+cdef inline object _new_queue():
+    if _QUEUE_POOL:
+        return _QUEUE_POOL.pop()
     return PriorityHeapSet.__new__(PriorityHeapSet)
+
+
+cdef object _NEW_HEAP = _new_heap
+
+
+cdef inline object _queue_of(object data_needed, object worker):
+    """``data_needed[worker]``: the peer's queue, made (as the defaultdict would
+    make it) if there is none."""
+    cdef PyObject* q
+    if type(data_needed) is defaultdict:
+        q = PyDict_GetItemWithError(data_needed, worker)
+        if q is not NULL:
+            return <object>q
+        if (<object>data_needed).default_factory is _NEW_HEAP:
+            queue = _new_queue()
+            PyDict_SetItem(data_needed, worker, queue)
+            return queue
+    return data_needed[worker]
+
+
+cdef int _drop_queue(object data_needed, object worker) except -1:
+    """``del data_needed[worker]`` of an empty queue, keeping the queue for reuse
+    if nothing else refers to it."""
+    cdef PyObject* q
+    cdef PriorityHeapSet queue
+    if PyDict_Check(data_needed):
+        q = PyDict_GetItemWithError(data_needed, worker)
+        if (
+            q is not NULL and fw_refcnt(q) == 1 and fw_type(q) is <PyObject*>PriorityHeapSet
+            and len(_QUEUE_POOL) < _QUEUE_POOL_MAX
+        ):
+            queue = <PriorityHeapSet>q
+            del data_needed[worker]
+            if queue.reset_fresh():
+                _QUEUE_POOL.append(queue)
+            return 0
+    del data_needed[worker]
+    return 0
+
+
+cdef inline object _item_of(object mapping, object key):
+    """``mapping[key]`` of a dict or defaultdict (made by the default factory if
+    missing)."""
+    cdef PyObject* v
+    if type(mapping) is defaultdict or type(mapping) is dict:
+        v = PyDict_GetItemWithError(mapping, key)
+        if v is not NULL:
+            return <object>v
+    return mapping[key]
+
+
+cdef inline int _set_add(object s, object item) except -1:
+    """s.add(item)"""
+    if type(s) is set:
+        return PySet_Add(s, item)
+    s.add(item)
+    return 0
 
 
 # The queues are compiled PriorityHeapSets unless someone rebound them to something else.
@@ -136,6 +237,16 @@ cdef inline int _heap_discard(object heap, object ts) except -1:
     if type(heap) is PriorityHeapSet:
         return (<PriorityHeapSet>heap).discard_c(ts)
     heap.discard(ts)
+    return 0
+
+
+cdef inline int _heap_remove(object heap, object ts) except -1:
+    if type(heap) is PriorityHeapSet:
+        # MutableSet.remove, which PriorityHeapSet.remove is: KeyError if absent
+        if not (<PriorityHeapSet>heap).contains_c(ts):
+            raise KeyError(ts)
+        return (<PriorityHeapSet>heap).discard_c(ts)
+    heap.remove(ts)
     return 0
 
 

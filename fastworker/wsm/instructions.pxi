@@ -143,8 +143,8 @@ cdef object _get_task_finished_msg_asserting(WorkerState self, TaskState ts, obj
         assert ts.type is not None
     assert ts.nbytes is not None
     return _task_finished_msg(
-        ts.key, run_id, ts.nbytes, ts.type, ts.metadata, self.threads.get(ts.key),
-        ts.startstops, stimulus_id,
+        ts.key, run_id, ts.nbytes, ts.type, made_metadata(ts), self.threads.get(ts.key),
+        made_startstops(ts), stimulus_id,
     )
 
 
@@ -156,8 +156,8 @@ cdef object _get_task_finished_msg_validating(WorkerState self, TaskState ts, ob
         assert ts.type is not None
         assert ts.nbytes is not None
     return _task_finished_msg(
-        ts.key, run_id, ts.nbytes, ts.type, ts.metadata, self.threads.get(ts.key),
-        ts.startstops, stimulus_id,
+        ts.key, run_id, ts.nbytes, ts.type, made_metadata(ts), self.threads.get(ts.key),
+        made_startstops(ts), stimulus_id,
     )
 
 

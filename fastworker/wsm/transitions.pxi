@@ -106,8 +106,9 @@ cdef tuple _transition_generic_fetch(WorkerState self, TaskState ts, tuple args,
     self.fetch_count += 1
     assert ts.priority
     data_needed = self.data_needed
-    for w in _who_has(ts):
-        _heap_add(data_needed[w], ts)
+    if _made_set(ts._unmade & UNMADE_WHO_HAS, ts._who_has):  # (a typed loop: no iterator)
+        for w in ts._who_has:
+            _heap_add(_queue_of(data_needed, w), ts)
     return _NOTHING
 
 
@@ -128,9 +129,10 @@ cdef tuple _transition_generic_released(WorkerState self, TaskState ts, tuple ar
     _purge_state(self, ts)
     # A dependency nobody else waits for can go too, unless it is about to run,
     # running or holding data.
-    for dep in _dependencies(ts):
-        if not _waiters(dep) and not _is_unreleasable(dep._state):
-            recs[dep] = "released"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not _waiters(dep) and not _is_unreleasable(dep._state):
+                recs[dep] = "released"
     ts._state = TS_RELEASED
     if not _dependents(ts):
         recs[ts] = "forgotten"
@@ -168,11 +170,12 @@ cdef tuple _transition_released_waiting(WorkerState self, TaskState ts, tuple ar
         assert all(d.key in self.tasks for d in ts.dependencies)
     if not ts._unmade & UNMADE_WAITING_FOR_DATA:
         ts._waiting_for_data.clear()
-    for dep in _dependencies(ts):
-        if dep._state != TS_MEMORY:
-            made_waiting_for_data(ts).add(dep)
-            made_waiters(dep).add(ts)
-            recs[dep] = "fetch"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if dep._state != TS_MEMORY:
+                made_waiting_for_data(ts).add(dep)
+                made_waiters(dep).add(ts)
+                recs[dep] = "fetch"
     if not _waiting_for_data(ts):
         recs[ts] = "ready"
     ts._state = TS_WAITING
@@ -194,11 +197,12 @@ cdef tuple _transition_released_forgotten(WorkerState self, TaskState ts, tuple 
     # The scheduler releases the dependents first.
     if self.validate:
         assert not any(d.state != "forgotten" for d in ts.dependents)
-    for dep in _dependencies(ts):
-        if not dep._unmade & UNMADE_DEPENDENTS:
-            dep._dependents.discard(ts)
-        if dep._state == TS_RELEASED and not _dependents(dep):
-            recs[dep] = "forgotten"
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not dep._unmade & UNMADE_DEPENDENTS:
+                dep._dependents.discard(ts)
+            if dep._state == TS_RELEASED and not _dependents(dep):
+                recs[dep] = "forgotten"
     _purge_state(self, ts)
     # Still marked, for whoever holds a reference to the task.
     ts._state = TS_FORGOTTEN
@@ -223,7 +227,7 @@ cdef tuple _transition_waiting_ready(WorkerState self, TaskState ts, tuple args,
                                      object stimulus_id):
     if self.validate:
         _validate_waiting_to_runnable(self, ts)
-    if ts.resource_restrictions:
+    if _resource_restrictions(ts):
         return {ts: "constrained"}, _NO_INSTR
     ts._state = TS_READY
     assert ts.priority is not None
@@ -445,18 +449,19 @@ cdef tuple _transition_to_memory(WorkerState self, TaskState ts, object value,
         if stop - start > 0.005:
             # data spilled this or other values to disk (or a third-party mapping
             # did other slow work): shown as a disk-write
-            ts.startstops.append({"action": "disk-write", "start": start, "stop": stop})
+            made_startstops(ts).append({"action": "disk-write", "start": start, "stop": stop})
     ts._state = TS_MEMORY
     if ts.nbytes is None:
         ts.nbytes = safe_sizeof(value)
     self.nbytes += ts.nbytes
     ts.type = type(value)
-    for dep in _dependents(ts):
-        if not dep._unmade & UNMADE_WAITING_FOR_DATA:
-            dep._waiting_for_data.discard(ts)
-        if not _waiting_for_data(dep) and dep._state == TS_WAITING:
-            recs[dep] = "ready"
-    self.log.append((key, "put-in-memory", stimulus_id, _now()))
+    if _made_set(ts._unmade & UNMADE_DEPENDENTS, ts._dependents):  # (a typed loop: no iterator)
+        for dep in ts._dependents:
+            if not dep._unmade & UNMADE_WAITING_FOR_DATA:
+                dep._waiting_for_data.discard(ts)
+            if not _waiting_for_data(dep) and dep._state == TS_WAITING:
+                recs[dep] = "ready"
+    _append_log(self.log, (key, "put-in-memory", stimulus_id, _now()))
     # The scheduler treats the two messages very differently: add-keys is only
     # accepted for keys already in memory elsewhere and triggers no transition.
     if msg_type == MSG_ADD_KEYS:
@@ -478,19 +483,25 @@ cdef int _purge_state(WorkerState self, TaskState ts) except -1:
     if key in self.data:
         del self.data[key]
     self.actors.pop(key, None)
-    self.threads.pop(key, None)
+    threads = self.threads
+    if type(threads) is dict:
+        if PyDict_Contains(threads, key):
+            del (<dict>threads)[key]
+    else:
+        threads.pop(key, None)
     if _who_has(ts):
         has_what = self.has_what
         data_needed = self.data_needed
         for worker in ts._who_has:
-            has_what[worker].discard(key)
-            _heap_discard(data_needed[worker], ts)
+            _item_of(has_what, worker).discard(key)
+            _heap_discard(_queue_of(data_needed, worker), ts)
         ts._who_has.clear()
-    for dep in _dependencies(ts):
-        if not ts._unmade & UNMADE_WAITING_FOR_DATA:
-            ts._waiting_for_data.discard(dep)
-        if not dep._unmade & UNMADE_WAITERS:
-            dep._waiters.discard(ts)
+    if _made_set(ts._unmade & UNMADE_DEPENDENCIES, ts._dependencies):  # (a typed loop: no iterator)
+        for dep in ts._dependencies:
+            if not ts._unmade & UNMADE_WAITING_FOR_DATA:
+                ts._waiting_for_data.discard(dep)
+            if not dep._unmade & UNMADE_WAITERS:
+                dep._waiters.discard(ts)
     if not ts._unmade & UNMADE_WAITING_FOR_DATA:
         ts._waiting_for_data.clear()
     ts.nbytes = None
