@@ -75,7 +75,9 @@ def test_dispatch_page_table_is_that_of_its_results():
     assert all("fastworker+plugin" in r["medians"] for r in rows)
 
 
-@pytest.mark.parametrize("run, sizes", [("dispatch-wire", {1}), ("dispatch-wire-many", {4, 16})])
+@pytest.mark.parametrize(
+    "run, sizes", [("dispatch-wire", {1}), ("dispatch-wire-many", {4, 16}), ("dispatch-final", {1})]
+)
 def test_dispatch_wire_tables_are_those_of_their_results(run, sizes):
     """docs/dispatch-wire*: the runs with fastworker.wire on the paced streams."""
     record = _table_matches_results(os.path.join(DOCS, run))
