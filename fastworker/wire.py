@@ -257,14 +257,20 @@ def write(comm: Any, payload: Any) -> int | None:
         stream._total_write_index += total
         stream.write(b"")
     except StreamClosedError as e:
-        comm.stream = None
-        comm._closed = True
-        _tcp.convert_stream_closed_error(comm, e)
+        _stream_closed(comm, e)
     except BaseException:
         # as the comm does: nothing is known of what reached the socket
         comm.abort()
         raise
     return total
+
+
+def _stream_closed(comm: Any, exc: BaseException) -> None:
+    """What the comm does when its stream turns out closed: forget the stream, and
+    raise CommClosedError (distributed's conversion of the error)."""
+    comm.stream = None
+    comm._closed = True
+    _tcp.convert_stream_closed_error(comm, exc)
 
 
 async def read(comm: Any, deserializers: Any = None) -> Any:
@@ -295,11 +301,9 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
         for nbytes in buffers_nbytes:
             frames.append(await _tcp.read_bytes_rw(stream, nbytes))
     except (StreamClosedError, SSLError) as e:
-        comm.stream = None
-        comm._closed = True
-        _tcp.convert_stream_closed_error(comm, e)
+        _stream_closed(comm, e)
     except BaseException:
-        comm.abort()
+        comm.abort()  # as the comm does: the stream's position is unknown
         raise
     try:
         return await from_frames(

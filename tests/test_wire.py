@@ -77,8 +77,8 @@ UNUSUAL = {
 }
 
 
-async def _pairs(n):
-    """n connected (sending client comm, receiving server comm) TCP pairs."""
+async def _listener():
+    """A TCP listener that queues each comm it accepts and keeps it until ``done``."""
     accepted: asyncio.Queue = asyncio.Queue()
     done = asyncio.Event()
 
@@ -88,6 +88,12 @@ async def _pairs(n):
 
     listener = listen("tcp://127.0.0.1:0", handle)
     await listener.start()
+    return listener, done, accepted
+
+
+async def _pairs(n):
+    """n connected (sending client comm, receiving server comm) TCP pairs."""
+    listener, done, accepted = await _listener()
     pairs = []
     for _ in range(n):
         client = await connect(listener.contact_address)
@@ -272,15 +278,7 @@ def test_a_message_cut_short_ends_the_read_as_the_comms_read():
     """The sender dies after half a message: both reads raise CommClosedError."""
 
     async def main():
-        accepted: asyncio.Queue = asyncio.Queue()
-        done = asyncio.Event()
-
-        async def handle(comm):
-            await accepted.put(comm)
-            await done.wait()
-
-        listener = listen("tcp://127.0.0.1:0", handle)
-        await listener.start()
+        listener, done, accepted = await _listener()
         results = []
         try:
             for reader in (wire.read, lambda comm: comm.read()):
