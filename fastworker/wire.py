@@ -94,11 +94,11 @@ class _Packing:
     """One payload being packed: its frames (frame 0 is the msgpack frame, filled
     last) and the comm's compression setting for out-of-band buffers."""
 
-    __slots__ = ("frames", "compress_opts", "packer")
+    __slots__ = ("frames", "options", "packer")
 
     def __init__(self) -> None:
         self.frames: list = [None]
-        self.compress_opts: dict = {}
+        self.options: dict = {}
         self.packer = msgpack.Packer(default=self.default, use_bin_type=True)
 
     def default(self, obj: Any) -> Any:
@@ -114,9 +114,13 @@ class _Packing:
             sub_frames: list = []
             pickled = _plain_pickle(obj.data, sub_frames)
             compression = []
-            for i, frame in enumerate(sub_frames):
-                compression_i, sub_frames[i] = maybe_compress(frame, **self.compress_opts)
-                compression.append(compression_i)
+            if sub_frames:
+                # dumps' compression option: the comm's handshake setting, if any
+                options = self.options
+                opts = {"compression": options["compression"]} if "compression" in options else {}
+                for i, frame in enumerate(sub_frames):
+                    compression_i, sub_frames[i] = maybe_compress(frame, **opts)
+                    compression.append(compression_i)
             sub_header = {
                 "pickled-obj": pickled,
                 "compression": tuple(compression),
@@ -129,9 +133,9 @@ class _Packing:
             return msgpack_encode_default(obj)
         raise _Unusual
 
-    def pack(self, payload: Any, compress_opts: dict) -> list | None:
+    def pack(self, payload: Any, options: dict) -> list | None:
         self.frames = frames = [None]
-        self.compress_opts = compress_opts
+        self.options = options
         try:
             frames[0] = self.packer.pack(payload)
         except Exception:
@@ -140,11 +144,12 @@ class _Packing:
             self.packer.reset()
             return None
         finally:
-            self.frames = [None]
+            self.frames = None
         return frames
 
 
 _packing = _Packing()
+_NO_OPTIONS: dict = {}
 
 
 def eligible(comm: Any) -> bool:
@@ -202,21 +207,17 @@ def selfcheck() -> str | None:
     return _selfcheck[0]
 
 
-def pack(payload: Any, compress_opts: dict | None = None) -> list | None:
+def pack(payload: Any, options: dict | None = None) -> list | None:
     """The frames distributed's ``dumps`` makes of ``payload`` (a msgpack frame, then
-    the sub-header and buffers of each ``ToPickle``), or None if it needs more."""
+    the sub-header and buffers of each ``ToPickle``), or None if it needs more.
+    ``options``: the comm's handshake options, whose compression applies to buffers."""
     global _packing
     packing = _packing
     _packing = None  # re-entered (pickling code that writes): a packer of its own
     try:
-        return (packing or _Packing()).pack(payload, compress_opts or {})
+        return (packing or _Packing()).pack(payload, options or _NO_OPTIONS)
     finally:
         _packing = packing or _Packing()
-
-
-def _compress_opts(comm: Any) -> dict:
-    options = comm.handshake_options
-    return {"compression": options["compression"]} if "compression" in options else {}
 
 
 def frame(frames: list) -> tuple[Any, int] | None:
@@ -241,7 +242,7 @@ def write(comm: Any, payload: Any) -> int | None:
     stream = comm.stream
     if stream is None:
         return None
-    frames = pack(payload, _compress_opts(comm))
+    frames = pack(payload, comm.handshake_options)
     if frames is None:
         return None
     framed = frame(frames)
