@@ -77,7 +77,9 @@ def _map_noop(client: Client, n: int, workers: list[str]):
     """``client.map`` of a no-op over n items."""
 
     def go():
-        wait(client.map(operator.pos, range(n), pure=False))
+        futures = client.map(operator.pos, range(n), pure=False)
+        with client.as_current():  # wait() runs on the default client's loop otherwise
+            wait(futures)
 
     return go
 
@@ -132,7 +134,9 @@ def _transfers(client: Client, n: int, workers: list[str]):
     def go():
         a = client.map(bytes, [1_000] * pairs, workers=workers[:1], pure=False)
         b = client.map(bytes, [1_000] * pairs, workers=workers[-1:], pure=False)
-        wait(client.map(operator.add, a, b, pure=False))
+        futures = client.map(operator.add, a, b, pure=False)
+        with client.as_current():
+            wait(futures)
 
     return go
 
