@@ -22,7 +22,7 @@ import time as timemod
 from typing import Any
 
 import distributed.worker as _worker_module
-from dask.sizeof import sizeof
+from distributed.sizeof import safe_sizeof as sizeof  # as stock: a failing __sizeof__ is logged, not raised
 from distributed.core import error_message
 from distributed.exceptions import Reschedule
 from distributed.metrics import context_meter, thread_time, time

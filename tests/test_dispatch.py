@@ -761,3 +761,53 @@ def _held_keys(dask_worker, keys):
 
 def _known_keys(dask_scheduler, keys):
     return len(keys & set(dask_scheduler.tasks))
+
+
+def test_a_comm_put_in_place_of_the_streams_holds_its_writes(dispatch_config):
+    """distributed's own tests hold a batched stream back by putting a comm of their
+    own in place of the stream's (``utils_test.freeze_batched_send``: a TCP subclass
+    whose ``write`` waits for an event). What the stream sends meanwhile waits for it
+    and arrives once it is released, as in stock: on the scheduler's stream to a
+    worker and on the worker's own stream, both run by the Pacer's loop here (the
+    plugin is on the scheduler before the worker joins)."""
+    from distributed.utils_test import freeze_batched_send
+
+    async def main():
+        s = await Scheduler(dashboard_address=":0", host="127.0.0.1")
+        try:
+            if dispatch_config.plugin:
+                plugin = fastworker.SchedulerPlugin()
+                await plugin.start(s)
+                s.add_plugin(plugin)
+            async with dispatch_config.worker_class(s.address, nthreads=1) as w, Client(
+                s.address, asynchronous=True
+            ) as c:
+                to_worker = s.stream_comms[w.address]
+                if dispatch_config.plugin:
+                    assert dispatch.Pacer.of(to_worker).state()["loop"] == "fastworker"
+                assert await c.submit(operator.add, 1, 1, key="warm") == 2
+
+                # scheduler -> worker: compute-task is held
+                with freeze_batched_send(to_worker) as locked:
+                    held = c.submit(operator.add, 1, 2, key="held")
+                    _, msgs = await asyncio.wait_for(locked.write_queue.get(), 10)
+                    assert any(m.get("key") == "held" for m in msgs)
+                    await asyncio.sleep(0.3)
+                    assert "held" not in w.state.tasks
+                assert await asyncio.wait_for(held, 10) == 3
+
+                # worker -> scheduler: task-finished is held
+                with freeze_batched_send(w.batched_stream) as locked:
+                    held2 = c.submit(operator.add, 2, 2, key="held-2")
+                    deadline = time.monotonic() + 10
+                    while "held-2" not in w.data:
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.3)
+                    assert s.tasks["held-2"].state == "processing"
+                    assert not locked.write_queue.empty()
+                assert await asyncio.wait_for(held2, 10) == 4
+        finally:
+            await s.close()
+
+    run(main())

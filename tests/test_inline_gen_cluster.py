@@ -5,6 +5,7 @@ when distributed's own suites run with fastworker: the default (every task in th
 pool, through the fast pool path) and the opt-in event-loop executor."""
 from __future__ import annotations
 
+import dask
 from distributed import wait
 from distributed.utils_test import gen_cluster, inc, slowinc
 
@@ -50,3 +51,49 @@ async def test_stock_reference(c, s, a, b):
     futures = c.map(inc, range(500))
     await wait(futures)
     assert await c.gather(futures) == list(range(1, 501))
+
+
+class BadSize:
+    """A result whose ``__sizeof__`` raises (distributed's own
+    test_worker.py::test_dataframe_attribute_error)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __sizeof__(self):
+        raise TypeError("no size")
+
+
+async def _bad_size_outcome(c, s):
+    from distributed.utils_test import captured_logger
+
+    with captured_logger("distributed.sizeof") as log:
+        future = c.submit(BadSize, 123, key="bad-size")
+        result = await future
+    return result.data, s.tasks["bad-size"].nbytes, "Sizeof calculation for object of type" in log.getvalue()
+
+
+_bad_size_stock: list = []
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_result_whose_sizeof_raises_stock(c, s, a):
+    _bad_size_stock[:] = [await _bad_size_outcome(c, s)]
+    assert _bad_size_stock[0][0] == 123
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config=PRELOAD)
+async def test_result_whose_sizeof_raises_in_the_pool_as_stock(c, s, a):
+    """The task finishes as in stock (the size estimate falls back to distributed's
+    default and says so on its logger) instead of the worker never reporting it."""
+    outcome = await _bad_size_outcome(c, s)
+    assert (await c.run(fastworker.status))[a.address]["tasks_by_path"]["pool"] == 1
+    assert outcome == (_bad_size_stock or [(123, 1_000_000, True)])[0]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config=PRELOAD)
+async def test_result_whose_sizeof_raises_inline_as_stock(c, s, a):
+    with dask.annotate(executor="inline"):
+        outcome = await _bad_size_outcome(c, s)
+    assert (await c.run(fastworker.status))[a.address]["tasks_by_path"]["inline"] == 1
+    assert outcome == (_bad_size_stock or [(123, 1_000_000, True)])[0]
