@@ -202,19 +202,50 @@ cdef bint _debug_enabled() except -1:
     if dictptr is NULL or dictptr[0] is NULL or type(<object>dictptr[0]) is not dict:
         return log.isEnabledFor(_DEBUG)
     attrs = <dict>dictptr[0]
-    if PyDict_GetItem(attrs, "isEnabledFor") is not NULL:
+    # The answer depends only on the logger's instance dict and its ``_cache`` dict:
+    # while both are the same dicts, unmodified (same version tags: a dict's tag
+    # changes with every change to it), the last answer stands.
+    global _dbg_attrs, _dbg_attrs_version, _dbg_cache, _dbg_cache_version, _dbg_answer
+    if (attrs is _dbg_attrs and (<_DictObject*>attrs).ma_version_tag == _dbg_attrs_version
+            and _dbg_cache is not None
+            and (<_DictObject*>_dbg_cache).ma_version_tag == _dbg_cache_version):
+        return _dbg_answer
+    _dbg_attrs = None
+    _dbg_cache = None
+    if PyDict_GetItemWithError(attrs, "isEnabledFor") is not NULL:
         return log.isEnabledFor(_DEBUG)
-    found = PyDict_GetItem(attrs, "disabled")
+    found = PyDict_GetItemWithError(attrs, "disabled")
     if found is NULL:
         return log.isEnabledFor(_DEBUG)
     if <object>found:
         return False
-    found = PyDict_GetItem(attrs, "_cache")
+    found = PyDict_GetItemWithError(attrs, "_cache")
     if found is not NULL and type(<object>found) is dict:
-        found = PyDict_GetItem(<dict>found, _DEBUG)
+        cache = <dict>found
+        found = PyDict_GetItemWithError(cache, _DEBUG)
         if found is not NULL:
-            return <object>found
+            answer = <object>found
+            if type(answer) is bool:
+                _dbg_attrs = attrs
+                _dbg_attrs_version = (<_DictObject*>attrs).ma_version_tag
+                _dbg_cache = cache
+                _dbg_cache_version = (<_DictObject*>cache).ma_version_tag
+                _dbg_answer = answer
+            return answer
     return log.isEnabledFor(_DEBUG)
+
+
+cdef extern from "Python.h":
+    ctypedef struct _DictObject "PyDictObject":
+        unsigned long long ma_version_tag
+
+# _debug_enabled's last answer and the two dicts it was read from (strong references,
+# so that neither can be freed and another made at its address meanwhile).
+cdef object _dbg_attrs = None
+cdef object _dbg_cache = None
+cdef unsigned long long _dbg_attrs_version = 0
+cdef unsigned long long _dbg_cache_version = 0
+cdef bint _dbg_answer = False
 
 
 include "wsm/helpers.pxi"
