@@ -98,11 +98,13 @@ from distributed.worker_state_machine import WorkerState as _StockWorkerState
 from cpython.dict cimport (
     PyDict_Check,
     PyDict_Contains,
+    PyDict_DelItem,
     PyDict_GetItem,
     PyDict_GetItemWithError,
     PyDict_Next,
     PyDict_SetItem,
 )
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.set cimport PySet_Add
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
