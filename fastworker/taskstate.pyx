@@ -774,8 +774,10 @@ cdef TaskState new_task(object key):
 cdef extern from *:
     ctypedef int (*_visitproc "visitproc")(PyObject*, void*) noexcept
     ctypedef int (*_traverseproc "traverseproc")(PyObject*, _visitproc, void*) noexcept
+    ctypedef Py_hash_t (*_hashfunc "hashfunc")(PyObject*) noexcept
     ctypedef struct _TypeObject "PyTypeObject":
         _traverseproc tp_traverse
+        _hashfunc tp_hash
 
 
 cdef inline int _visit(PyObject* p, _visitproc visit, void* arg) noexcept:
@@ -844,3 +846,17 @@ cdef int _traverse_task_with_duration(TaskStateWithDuration ts, _visitproc visit
 (<_TypeObject*>TaskState).tp_traverse = <_traverseproc><void*>_traverse_task
 (<_TypeObject*>TaskStateWithDuration).tp_traverse = (
     <_traverseproc><void*>_traverse_task_with_duration)
+
+
+# The hash slot itself (TaskState.__hash__ above, without the wrapper that a
+# Python-level __hash__ gets in the type's tp_hash).
+cdef Py_hash_t _hash_task(TaskState ts) noexcept:
+    cdef Py_hash_t h
+    if _serial_hash:
+        h = ts._serial
+        return -2 if h == -1 else h
+    return _Py_HashPointer(<void*>ts)
+
+
+(<_TypeObject*>TaskState).tp_hash = <_hashfunc><void*>_hash_task
+(<_TypeObject*>TaskStateWithDuration).tp_hash = <_hashfunc><void*>_hash_task

@@ -106,6 +106,7 @@ from cpython.dict cimport (
 )
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.set cimport PySet_Add
+from cpython.list cimport PyList_GET_SIZE
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -154,6 +155,7 @@ cdef extern from "includes/fastcalls.h":
     int fw_deque_append(object seq, object item) except -1
 
 cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object)
     PyObject** _PyObject_GetDictPtr(object)
     Py_ssize_t fw_refcnt "Py_REFCNT"(PyObject*)
     PyObject* fw_type "(PyObject *)Py_TYPE"(PyObject*)
@@ -441,7 +443,10 @@ cdef class WorkerState:
         (a handler's result), consumed here instead of a copy of it."""
         cdef list instructions = []
         cdef dict initial_states = {}
-        if recommendations:
+        if recommendations is not _NO_RECS and (
+            PyDict_GET_SIZE(recommendations) if type(recommendations) is dict
+            else recommendations
+        ):
             # our own copy, consumed as it is processed
             if type(recommendations) is dict:
                 if owned:
@@ -452,11 +457,13 @@ cdef class WorkerState:
                 recs = recommendations.copy()
             self._process_recs(recs, instructions, initial_states, stimulus_id)
         # Even without recommendations: a stimulus may have made a transfer possible.
-        recs, instr = _ensure_communicating(self, stimulus_id)
-        if instr:
-            instructions.extend(instr)
-        if recs:
-            self._process_recs(recs, instructions, initial_states, stimulus_id)
+        result = _ensure_communicating(self, stimulus_id)
+        if result is not _NOTHING:
+            recs, instr = result
+            if instr:
+                instructions.extend(instr)
+            if recs:
+                self._process_recs(recs, instructions, initial_states, stimulus_id)
         if type(self.task_counter) is TaskCounter:
             (<TaskCounter>self.task_counter).transitions_c(initial_states)
         else:
@@ -475,9 +482,9 @@ cdef class WorkerState:
                 initial_states[ts] = _name(ts._state)
             a_recs, a_instr = self._tr(ts, finish, _EMPTY_TUPLE, stimulus_id)
             # (most transitions return the shared empties: nothing to merge)
-            if a_recs is not _NO_RECS and (type(a_recs) is not dict or a_recs):
+            if a_recs is not _NO_RECS and (type(a_recs) is not dict or PyDict_GET_SIZE(a_recs)):
                 recs.update(a_recs)
-            if a_instr is not _NO_INSTR and (type(a_instr) is not list or a_instr):
+            if a_instr is not _NO_INSTR and (type(a_instr) is not list or PyList_GET_SIZE(a_instr)):
                 instructions.extend(a_instr)
 
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id):
@@ -545,9 +552,19 @@ cdef class WorkerState:
 
         cdef dict shown = {}
         cdef TaskState other
+        cdef PyObject* pkey
+        cdef PyObject* pvalue
+        cdef Py_ssize_t pos = 0
         if recs is not _NO_RECS:
-            for other, new in recs.items():
-                shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
+            if type(recs) is dict:
+                # (PyDict_Next: no iterator, no items tuple; nothing here changes recs)
+                while PyDict_Next(recs, &pos, &pkey, &pvalue):
+                    other = <TaskState?><object>pkey
+                    new = <object>pvalue
+                    shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
+            else:
+                for other, new in recs.items():
+                    shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
         _append_log(
             self.log, (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
         )
