@@ -173,12 +173,14 @@ cdef list _rank_peers(WorkerState ws, dict data_needed):
         if worker in in_flight or worker in busy:
             continue
         if host is None:
-            host = _host(ws.address)
+            host = _host(ws._address if ws._address is not None else ws.address)
             rng = ws.rng
             draw = _random_draw(rng)
+        top = _heap_peek(tasks)
         # _host and rng.random() run no code that touches data_needed
         heap.append((
-            _heap_peek(tasks).priority, _host(worker) != host, -ntasks,
+            (<TaskState>top).priority if isinstance(top, TaskState) else top.priority,
+            _host(worker) != host, -ntasks,
             draw(rng) if draw is not None else rng.random(), worker, tasks,
         ))
     if empties is not None:
