@@ -720,7 +720,6 @@ cdef object _key_split(object key):
     return out
 
 
-
 def _key_split_for_tests(key):
     """_key_split, for the tests that compare it with dask's key_split."""
     return _key_split(key)
@@ -790,56 +789,79 @@ cdef int _traverse_task(TaskState ts, _visitproc visit, void* arg) noexcept:
     cdef int e
     # (in the order of the fields, as the generated function visits them)
     e = _visit(<PyObject*>ts.key, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._prefix, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.run_spec, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._dependencies, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._dependents, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._waiting_for_data, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._waiters, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.priority, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._who_has, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.coming_from, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._resource_restrictions, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.exception, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.traceback, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.exception_text, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.traceback_text, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.type, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._startstops, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.start_time, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.stop_time, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts._metadata, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.nbytes, visit, arg)
-    if e: return e
+    if e:
+        return e
     e = _visit(<PyObject*>ts.annotations, visit, arg)
-    if e: return e
+    if e:
+        return e
     return _visit(<PyObject*>ts.span_id, visit, arg)
 
 
 cdef int _traverse_task_with_duration(TaskStateWithDuration ts, _visitproc visit,
                                       void* arg) noexcept:
     cdef int e = _traverse_task(ts, visit, arg)
-    if e: return e
+    if e:
+        return e
     return _visit(<PyObject*>ts.duration, visit, arg)
 
 

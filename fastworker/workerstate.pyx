@@ -99,7 +99,6 @@ from cpython.dict cimport (
     PyDict_Check,
     PyDict_Contains,
     PyDict_DelItem,
-    PyDict_GetItem,
     PyDict_GetItemWithError,
     PyDict_Next,
     PyDict_SetItem,

@@ -127,7 +127,9 @@ cdef tuple _loggable_kind(object cls):
     cdef Py_ssize_t handled_at = -1, cleared_at = -1
     if offsets is not None and "handled" in slots:
         handled_at = offsets[slots.index("handled")]
-        cleared = "run_spec" if kind == LOG_NO_RUN_SPEC else "value" if kind == LOG_NO_VALUE else None
+        cleared = (
+            "run_spec" if kind == LOG_NO_RUN_SPEC else "value" if kind == LOG_NO_VALUE else None
+        )
         if cleared is not None:
             if cleared in slots:
                 cleared_at = offsets[slots.index(cleared)]
