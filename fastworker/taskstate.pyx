@@ -14,8 +14,12 @@ from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
 
+from libc.string cimport memcmp
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
+    void* PyUnicode_1BYTE_DATA(object)
+    object PyUnicode_Substring(object, Py_ssize_t, Py_ssize_t)
     void PyUnicode_InternInPlace(PyObject**)
 
 from dask.utils import key_split
@@ -644,6 +648,13 @@ cdef inline bint _ascii_alpha(Py_UCS4 c) noexcept:
     return (c >= 'a' and c <= 'z') or (c >= 'A' and c <= 'Z')
 
 
+# _key_split's last results (interned ASCII strings), replaced round robin.
+cdef enum:
+    _RECENT_PREFIXES = 4
+cdef tuple _recent_prefixes = ("", "", "", "")
+cdef Py_ssize_t _recent_next = 0
+
+
 cdef object _key_split(object key):
     cdef object s = key
     cdef Py_ssize_t n, i, start, end, result_end
@@ -685,13 +696,27 @@ cdef object _key_split(object key):
         result_end = end
     if result_end == 32:
         return key_split(key)  # maybe a 32-digit hex token: key_split says "data"
-    result = s if result_end == n else s[:result_end]
+    # The last prefixes made, most often the prefix of this key as well (keys come
+    # in runs of one prefix): returned without making the substring again.
+    cdef Py_ssize_t j
+    cdef const char* data = <const char*>PyUnicode_1BYTE_DATA(s)
+    for j in range(_RECENT_PREFIXES):
+        recent = <object>PyTuple_GET_ITEM(_recent_prefixes, j)
+        if (PyUnicode_GET_LENGTH(recent) == result_end
+                and memcmp(PyUnicode_1BYTE_DATA(recent), data, result_end) == 0):
+            return recent
+    result = s if result_end == n else PyUnicode_Substring(s, 0, result_end)
     # sys.intern(result)
     cdef PyObject* interned = <PyObject*>result
     Py_INCREF(result)
     PyUnicode_InternInPlace(&interned)
     out = <object>interned
     Py_DECREF(<object>interned)
+    global _recent_prefixes, _recent_next
+    recent_list = list(_recent_prefixes)
+    recent_list[_recent_next] = out
+    _recent_prefixes = tuple(recent_list)
+    _recent_next = (_recent_next + 1) % _RECENT_PREFIXES
     return out
 
 
@@ -735,3 +760,125 @@ cdef TaskState new_task(object key):
     _next_serial += 1
     _link(ts)
     return ts
+
+
+# --- garbage collector traversal --------------------------------------------------
+# Cython's generated tp_traverse calls the visitor on every object field, None
+# included: 23 calls per task, each time a collection looks at it. Most fields of
+# most tasks hold None (the sets still to be made, no exception, no run_spec on a
+# fetched task), and visiting None does nothing (it is not tracked by the collector),
+# so these traversals visit every field but those that hold None. Same references
+# to every tracked object; only gc.get_referents(ts) no longer lists None.
+
+cdef extern from *:
+    ctypedef int (*_visitproc "visitproc")(PyObject*, void*) noexcept
+    ctypedef int (*_traverseproc "traverseproc")(PyObject*, _visitproc, void*) noexcept
+    ctypedef Py_hash_t (*_hashfunc "hashfunc")(PyObject*) noexcept
+    ctypedef struct _TypeObject "PyTypeObject":
+        _traverseproc tp_traverse
+        _hashfunc tp_hash
+
+
+cdef inline int _visit(PyObject* p, _visitproc visit, void* arg) noexcept:
+    if p is NULL or p == <PyObject*>None:
+        return 0
+    return visit(p, arg)
+
+
+cdef int _traverse_task(TaskState ts, _visitproc visit, void* arg) noexcept:
+    cdef int e
+    # (in the order of the fields, as the generated function visits them)
+    e = _visit(<PyObject*>ts.key, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._prefix, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.run_spec, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._dependencies, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._dependents, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._waiting_for_data, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._waiters, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.priority, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._who_has, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.coming_from, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._resource_restrictions, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.exception, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.traceback, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.exception_text, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.traceback_text, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.type, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._startstops, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.start_time, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.stop_time, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts._metadata, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.nbytes, visit, arg)
+    if e:
+        return e
+    e = _visit(<PyObject*>ts.annotations, visit, arg)
+    if e:
+        return e
+    return _visit(<PyObject*>ts.span_id, visit, arg)
+
+
+cdef int _traverse_task_with_duration(TaskStateWithDuration ts, _visitproc visit,
+                                      void* arg) noexcept:
+    cdef int e = _traverse_task(ts, visit, arg)
+    if e:
+        return e
+    return _visit(<PyObject*>ts.duration, visit, arg)
+
+
+(<_TypeObject*>TaskState).tp_traverse = <_traverseproc><void*>_traverse_task
+(<_TypeObject*>TaskStateWithDuration).tp_traverse = (
+    <_traverseproc><void*>_traverse_task_with_duration)
+
+
+# The hash slot itself (TaskState.__hash__ above, without the wrapper that a
+# Python-level __hash__ gets in the type's tp_hash).
+cdef Py_hash_t _hash_task(TaskState ts) noexcept:
+    cdef Py_hash_t h
+    if _serial_hash:
+        h = ts._serial
+        return -2 if h == -1 else h
+    return _Py_HashPointer(<void*>ts)
+
+
+(<_TypeObject*>TaskState).tp_hash = <_hashfunc><void*>_hash_task
+(<_TypeObject*>TaskStateWithDuration).tp_hash = <_hashfunc><void*>_hash_task

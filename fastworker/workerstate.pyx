@@ -98,12 +98,14 @@ from distributed.worker_state_machine import WorkerState as _StockWorkerState
 from cpython.dict cimport (
     PyDict_Check,
     PyDict_Contains,
-    PyDict_GetItem,
+    PyDict_DelItem,
     PyDict_GetItemWithError,
     PyDict_Next,
     PyDict_SetItem,
 )
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.set cimport PySet_Add
+from cpython.list cimport PyList_GET_SIZE
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -152,6 +154,7 @@ cdef extern from "includes/fastcalls.h":
     int fw_deque_append(object seq, object item) except -1
 
 cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object)
     PyObject** _PyObject_GetDictPtr(object)
     Py_ssize_t fw_refcnt "Py_REFCNT"(PyObject*)
     PyObject* fw_type "(PyObject *)Py_TYPE"(PyObject*)
@@ -202,19 +205,50 @@ cdef bint _debug_enabled() except -1:
     if dictptr is NULL or dictptr[0] is NULL or type(<object>dictptr[0]) is not dict:
         return log.isEnabledFor(_DEBUG)
     attrs = <dict>dictptr[0]
-    if PyDict_GetItem(attrs, "isEnabledFor") is not NULL:
+    # The answer depends only on the logger's instance dict and its ``_cache`` dict:
+    # while both are the same dicts, unmodified (same version tags: a dict's tag
+    # changes with every change to it), the last answer stands.
+    global _dbg_attrs, _dbg_attrs_version, _dbg_cache, _dbg_cache_version, _dbg_answer
+    if (attrs is _dbg_attrs and (<_DictObject*>attrs).ma_version_tag == _dbg_attrs_version
+            and _dbg_cache is not None
+            and (<_DictObject*>_dbg_cache).ma_version_tag == _dbg_cache_version):
+        return _dbg_answer
+    _dbg_attrs = None
+    _dbg_cache = None
+    if PyDict_GetItemWithError(attrs, "isEnabledFor") is not NULL:
         return log.isEnabledFor(_DEBUG)
-    found = PyDict_GetItem(attrs, "disabled")
+    found = PyDict_GetItemWithError(attrs, "disabled")
     if found is NULL:
         return log.isEnabledFor(_DEBUG)
     if <object>found:
         return False
-    found = PyDict_GetItem(attrs, "_cache")
+    found = PyDict_GetItemWithError(attrs, "_cache")
     if found is not NULL and type(<object>found) is dict:
-        found = PyDict_GetItem(<dict>found, _DEBUG)
+        cache = <dict>found
+        found = PyDict_GetItemWithError(cache, _DEBUG)
         if found is not NULL:
-            return <object>found
+            answer = <object>found
+            if type(answer) is bool:
+                _dbg_attrs = attrs
+                _dbg_attrs_version = (<_DictObject*>attrs).ma_version_tag
+                _dbg_cache = cache
+                _dbg_cache_version = (<_DictObject*>cache).ma_version_tag
+                _dbg_answer = answer
+            return answer
     return log.isEnabledFor(_DEBUG)
+
+
+cdef extern from "Python.h":
+    ctypedef struct _DictObject "PyDictObject":
+        unsigned long long ma_version_tag
+
+# _debug_enabled's last answer and the two dicts it was read from (strong references,
+# so that neither can be freed and another made at its address meanwhile).
+cdef object _dbg_attrs = None
+cdef object _dbg_cache = None
+cdef unsigned long long _dbg_attrs_version = 0
+cdef unsigned long long _dbg_cache_version = 0
+cdef bint _dbg_answer = False
 
 
 include "wsm/helpers.pxi"
@@ -408,7 +442,10 @@ cdef class WorkerState:
         (a handler's result), consumed here instead of a copy of it."""
         cdef list instructions = []
         cdef dict initial_states = {}
-        if recommendations:
+        if recommendations is not _NO_RECS and (
+            PyDict_GET_SIZE(recommendations) if type(recommendations) is dict
+            else recommendations
+        ):
             # our own copy, consumed as it is processed
             if type(recommendations) is dict:
                 if owned:
@@ -419,11 +456,13 @@ cdef class WorkerState:
                 recs = recommendations.copy()
             self._process_recs(recs, instructions, initial_states, stimulus_id)
         # Even without recommendations: a stimulus may have made a transfer possible.
-        recs, instr = _ensure_communicating(self, stimulus_id)
-        if instr:
-            instructions.extend(instr)
-        if recs:
-            self._process_recs(recs, instructions, initial_states, stimulus_id)
+        result = _ensure_communicating(self, stimulus_id)
+        if result is not _NOTHING:
+            recs, instr = result
+            if instr:
+                instructions.extend(instr)
+            if recs:
+                self._process_recs(recs, instructions, initial_states, stimulus_id)
         if type(self.task_counter) is TaskCounter:
             (<TaskCounter>self.task_counter).transitions_c(initial_states)
         else:
@@ -442,9 +481,9 @@ cdef class WorkerState:
                 initial_states[ts] = _name(ts._state)
             a_recs, a_instr = self._tr(ts, finish, _EMPTY_TUPLE, stimulus_id)
             # (most transitions return the shared empties: nothing to merge)
-            if a_recs is not _NO_RECS and (type(a_recs) is not dict or a_recs):
+            if a_recs is not _NO_RECS and (type(a_recs) is not dict or PyDict_GET_SIZE(a_recs)):
                 recs.update(a_recs)
-            if a_instr is not _NO_INSTR and (type(a_instr) is not list or a_instr):
+            if a_instr is not _NO_INSTR and (type(a_instr) is not list or PyList_GET_SIZE(a_instr)):
                 instructions.extend(a_instr)
 
     cdef tuple _tr(self, TaskState ts, object finish, tuple args, object stimulus_id):
@@ -512,9 +551,19 @@ cdef class WorkerState:
 
         cdef dict shown = {}
         cdef TaskState other
+        cdef PyObject* pkey
+        cdef PyObject* pvalue
+        cdef Py_ssize_t pos = 0
         if recs is not _NO_RECS:
-            for other, new in recs.items():
-                shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
+            if type(recs) is dict:
+                # (PyDict_Next: no iterator, no items tuple; nothing here changes recs)
+                while PyDict_Next(recs, &pos, &pkey, &pvalue):
+                    other = <TaskState?><object>pkey
+                    new = <object>pvalue
+                    shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
+            else:
+                for other, new in recs.items():
+                    shown[other.key] = (<tuple>new)[0] if isinstance(new, tuple) else new
         _append_log(
             self.log, (ts.key, start, finish, _name(ts._state), shown, stimulus_id, _now())
         )

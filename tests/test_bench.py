@@ -172,3 +172,18 @@ def test_levels_table_puts_the_four_levels_side_by_side(bench_run):
     assert f"{f['tasks_per_s'] / s['tasks_per_s']:.2f}x" in line
     assert "Four levels per workload" in report.text_report(record)
     assert "## Four levels per workload" in report.markdown_report(record)
+
+
+@pytest.mark.parametrize("impl", ["stock", "fastworker"])
+@pytest.mark.parametrize("shape", ["chain", "fill", "unpause"])
+def test_callgrind_driver_runs_each_shape_once(impl, shape):
+    """benchmarks/callgrind_ratios.py's driver (what runs under valgrind) plays each
+    shape to its end on both implementations and reports the units it counted."""
+    script = os.path.join(ROOT, "benchmarks", "callgrind_ratios.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--drive", impl, shape, "60"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = 2_000 if shape == "unpause" else 60
+    assert f"UNITS {expected}" in proc.stdout.splitlines()

@@ -122,7 +122,20 @@ cdef tuple _loggable_kind(object cls):
     if issubclass(cls, FindMissingEvent):
         kind = LOG_NONE
     slots = tuple(copyreg._slotnames(cls))
-    entry = (kind, slots, _slot_offsets(cls, slots))
+    offsets = _slot_offsets(cls, slots)
+    # the slots that logging writes, written at their offsets when all are plain
+    cdef Py_ssize_t handled_at = -1, cleared_at = -1
+    if offsets is not None and "handled" in slots:
+        handled_at = offsets[slots.index("handled")]
+        cleared = (
+            "run_spec" if kind == LOG_NO_RUN_SPEC else "value" if kind == LOG_NO_VALUE else None
+        )
+        if cleared is not None:
+            if cleared in slots:
+                cleared_at = offsets[slots.index(cleared)]
+            else:
+                handled_at = -1
+    entry = (kind, slots, offsets, handled_at, cleared_at)
     _LOGGABLE[cls] = entry
     return entry
 
@@ -175,14 +188,23 @@ cdef object _to_loggable(object stim, object handled):
     if entry is None:
         entry = _loggable_kind(cls)
     cdef int kind = (<tuple>entry)[0]
+    cdef Py_ssize_t handled_at = (<tuple>entry)[3]
     if kind == LOG_NONE:
         return None
     if kind == LOG_IN_PLACE:
-        stim.handled = handled
+        if handled_at >= 0:
+            fw_put(stim, handled_at, handled)
+        else:
+            stim.handled = handled
         return stim
     if kind == LOG_OWN:
         return stim.to_loggable(handled=handled)
     out = _shallow_copy(stim, <tuple>entry)
+    if handled_at >= 0 and kind != LOG_DATA_KEYS:
+        # (the same writes as below, at the slots' offsets)
+        fw_put(out, (<tuple>entry)[4], None)
+        fw_put(out, handled_at, handled)
+        return out
     if kind == LOG_NO_RUN_SPEC:
         out.run_spec = None
         out.handled = handled

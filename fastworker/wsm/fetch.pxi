@@ -59,12 +59,15 @@ cdef class _GatherOrder:
     cdef object current
 
     def __init__(self, WorkerState ws):
+        self._init(ws)
+
+    cdef int _init(self, WorkerState ws) except -1:
         self.ws = ws
         self.current = None
         data_needed = ws.data_needed
         if PyDict_Check(data_needed):
             self.heap = _rank_peers(ws, <dict>data_needed)
-            return
+            return 0
         # data_needed rebound to a mapping that is no dict: stock's walk as written
         host = _host(ws.address)
         heap = []
@@ -80,6 +83,7 @@ cdef class _GatherOrder:
             ))
         heapify(heap)
         self.heap = heap
+        return 0
 
     cdef bint empty(self) noexcept:
         return not self.heap
@@ -117,6 +121,26 @@ cdef class _GatherOrder:
         return nxt
 
 
+cdef object _RANDOM_CLASS = random.Random
+cdef object _RANDOM_RANDOM = random.Random.random
+
+
+cdef object _random_draw(object rng):
+    """random.Random.random itself (the C method, called with rng) when rng.random
+    is it: a plain random.Random without an instance attribute ``random``; else
+    None (then rng.random() is looked up and called each time)."""
+    cdef PyObject** dictptr
+    if type(rng) is not _RANDOM_CLASS:
+        return None
+    dictptr = _PyObject_GetDictPtr(rng)
+    if dictptr is not NULL and dictptr[0] is not NULL:
+        if type(<object>dictptr[0]) is not dict:
+            return None
+        if PyDict_GetItemWithError(<dict>dictptr[0], "random") is not NULL:
+            return None
+    return _RANDOM_RANDOM
+
+
 cdef list _rank_peers(WorkerState ws, dict data_needed):
     """The candidates of _GatherOrder, heapified, from a dict data_needed.
 
@@ -135,6 +159,8 @@ cdef list _rank_peers(WorkerState ws, dict data_needed):
     cdef dict in_flight = ws.in_flight_workers
     cdef set busy = ws.busy_workers
     host = None
+    rng = None
+    draw = None
     while PyDict_Next(data_needed, &pos, &pkey, &pvalue):
         worker = <object>pkey
         tasks = <object>pvalue
@@ -147,11 +173,15 @@ cdef list _rank_peers(WorkerState ws, dict data_needed):
         if worker in in_flight or worker in busy:
             continue
         if host is None:
-            host = _host(ws.address)
+            host = _host(ws._address if ws._address is not None else ws.address)
+            rng = ws.rng
+            draw = _random_draw(rng)
+        top = _heap_peek(tasks)
         # _host and rng.random() run no code that touches data_needed
         heap.append((
-            _heap_peek(tasks).priority, _host(worker) != host, -ntasks,
-            ws.rng.random(), worker, tasks,
+            (<TaskState>top).priority if isinstance(top, TaskState) else top.priority,
+            _host(worker) != host, -ntasks,
+            draw(rng) if draw is not None else rng.random(), worker, tasks,
         ))
     if empties is not None:
         tasks = None
@@ -220,7 +250,10 @@ cdef _GatherOrder _select_workers_for_gather(WorkerState self):
     # Stock walks this as a generator, interleaved with the gathers it causes; the
     # candidates' order depends on queue lengths that those gathers change, so the
     # whole selection is replayed lazily through _GatherOrder below.
-    return _GatherOrder(self)
+    # (made without a Python-level call: once per stimulus)
+    cdef _GatherOrder order = _GatherOrder.__new__(_GatherOrder)
+    order._init(self)
+    return order
 
 
 cdef object _select_keys_for_gather(WorkerState self, object available, list to_gather):

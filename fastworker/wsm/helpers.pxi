@@ -158,17 +158,36 @@ def _new_heap():
 # Queues that data_needed dropped while nobody else referred to them, reset to the
 # state of a new one (PriorityHeapSet.reset_fresh), for the next peer queue: a peer's
 # queue is made and dropped again whenever it empties, often once per transfer.
-cdef list _QUEUE_POOL = []
-cdef Py_ssize_t _QUEUE_POOL_MAX = 64
+# (a C array of strong references: no list method calls, no list resizing)
+cdef enum:
+    _QUEUE_POOL_MAX = 64
+cdef PyObject* _QUEUE_POOL[_QUEUE_POOL_MAX]
+cdef Py_ssize_t _queue_pool_n = 0
 
 
 cdef inline object _new_queue():
-    if _QUEUE_POOL:
-        return _QUEUE_POOL.pop()
+    global _queue_pool_n
+    cdef PyObject* q
+    if _queue_pool_n:
+        _queue_pool_n -= 1
+        q = _QUEUE_POOL[_queue_pool_n]
+        queue = <object>q  # (a new reference)
+        Py_DECREF(queue)   # the pool's, handed over to ``queue``
+        return queue
     return PriorityHeapSet.__new__(PriorityHeapSet)
 
 
 cdef object _NEW_HEAP = _new_heap
+
+
+cdef extern from *:
+    """
+    /* collections.defaultdict's instance layout (Modules/_collectionsmodule.c,
+       unchanged since 2.5): a dict followed by the default factory. */
+    typedef struct { PyDictObject dict; PyObject *default_factory; } fw_defdictobject;
+    #define fw_default_factory(d) (((fw_defdictobject *)(d))->default_factory)
+    """
+    PyObject* fw_default_factory(object d)
 
 
 cdef inline object _queue_of(object data_needed, object worker):
@@ -179,7 +198,7 @@ cdef inline object _queue_of(object data_needed, object worker):
         q = PyDict_GetItemWithError(data_needed, worker)
         if q is not NULL:
             return <object>q
-        if (<object>data_needed).default_factory is _NEW_HEAP:
+        if fw_default_factory(data_needed) == <PyObject*>_NEW_HEAP:
             queue = _new_queue()
             PyDict_SetItem(data_needed, worker, queue)
             return queue
@@ -189,18 +208,24 @@ cdef inline object _queue_of(object data_needed, object worker):
 cdef int _drop_queue(object data_needed, object worker) except -1:
     """``del data_needed[worker]`` of an empty queue, keeping the queue for reuse
     if nothing else refers to it."""
+    global _queue_pool_n
     cdef PyObject* q
     cdef PriorityHeapSet queue
-    if PyDict_Check(data_needed):
+    if type(data_needed) is defaultdict or type(data_needed) is dict:
         q = PyDict_GetItemWithError(data_needed, worker)
         if (
             q is not NULL and fw_refcnt(q) == 1 and fw_type(q) is <PyObject*>PriorityHeapSet
-            and len(_QUEUE_POOL) < _QUEUE_POOL_MAX
+            and _queue_pool_n < _QUEUE_POOL_MAX
         ):
             queue = <PriorityHeapSet>q
-            del data_needed[worker]
+            PyDict_DelItem(data_needed, worker)
             if queue.reset_fresh():
-                _QUEUE_POOL.append(queue)
+                Py_INCREF(queue)
+                _QUEUE_POOL[_queue_pool_n] = <PyObject*>queue
+                _queue_pool_n += 1
+            return 0
+        if q is not NULL:
+            PyDict_DelItem(data_needed, worker)
             return 0
     del data_needed[worker]
     return 0
@@ -274,7 +299,10 @@ cdef dict _HOSTS = {}
 
 
 cdef object _host(object address):
-    host = _HOSTS.get(address)
+    cdef PyObject* found = PyDict_GetItemWithError(_HOSTS, address)
+    if found is not NULL:
+        return <object>found
+    host = None
     if host is None:
         host = get_address_host(address)
         if len(_HOSTS) < 100_000:
