@@ -209,9 +209,9 @@ cdef bint _debug_enabled() except -1:
     # while both are the same dicts, unmodified (same version tags: a dict's tag
     # changes with every change to it), the last answer stands.
     global _dbg_attrs, _dbg_attrs_version, _dbg_cache, _dbg_cache_version, _dbg_answer
-    if (attrs is _dbg_attrs and (<_DictObject*>attrs).ma_version_tag == _dbg_attrs_version
+    if (attrs is _dbg_attrs and fw_dict_version(attrs) == _dbg_attrs_version
             and _dbg_cache is not None
-            and (<_DictObject*>_dbg_cache).ma_version_tag == _dbg_cache_version):
+            and fw_dict_version(_dbg_cache) == _dbg_cache_version):
         return _dbg_answer
     _dbg_attrs = None
     _dbg_cache = None
@@ -228,19 +228,40 @@ cdef bint _debug_enabled() except -1:
         found = PyDict_GetItemWithError(cache, _DEBUG)
         if found is not NULL:
             answer = <object>found
-            if type(answer) is bool:
+            if FW_DICT_VERSIONS and type(answer) is bool:
                 _dbg_attrs = attrs
-                _dbg_attrs_version = (<_DictObject*>attrs).ma_version_tag
+                _dbg_attrs_version = fw_dict_version(attrs)
                 _dbg_cache = cache
-                _dbg_cache_version = (<_DictObject*>cache).ma_version_tag
+                _dbg_cache_version = fw_dict_version(cache)
                 _dbg_answer = answer
             return answer
     return log.isEnabledFor(_DEBUG)
 
 
-cdef extern from "Python.h":
-    ctypedef struct _DictObject "PyDictObject":
-        unsigned long long ma_version_tag
+cdef extern from *:
+    """
+    /* A dict's version tag (PEP 509), changed by every change to the dict. Deprecated
+       in 3.12 (PEP 699) and gone from 3.14: there FW_DICT_VERSIONS is 0 and
+       _debug_enabled asks the logger every time, as stock does. */
+    #if PY_VERSION_HEX < 0x030E0000
+    #define FW_DICT_VERSIONS 1
+    #if PY_VERSION_HEX >= 0x030C0000
+    #pragma GCC diagnostic push
+    #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    #endif
+    static unsigned long long fw_dict_version(PyObject *d) {
+        return (unsigned long long)((PyDictObject *)d)->ma_version_tag;
+    }
+    #if PY_VERSION_HEX >= 0x030C0000
+    #pragma GCC diagnostic pop
+    #endif
+    #else
+    #define FW_DICT_VERSIONS 0
+    static unsigned long long fw_dict_version(PyObject *d) { (void)d; return 0; }
+    #endif
+    """
+    const bint FW_DICT_VERSIONS
+    unsigned long long fw_dict_version(object d)
 
 # _debug_enabled's last answer and the two dicts it was read from (strong references,
 # so that neither can be freed and another made at its address meanwhile).
