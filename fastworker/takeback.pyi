@@ -15,6 +15,7 @@ class Guard:
     signum: int
     running: bool
     fired: int
+    deferred: int
     serial: int
     started: float
     last_held: float

@@ -103,14 +103,47 @@ _SIGNAL_GUARDS = weakref.WeakSet()
 cdef int _handler_signum = 0
 
 
+#: Signals per call that may land in a GC callback or a finalizer without raising.
+cdef enum:
+    MAX_DEFERRALS = 2
+
+
+def _in_cleanup(frame):
+    """Is ``frame`` (or a frame it was called from) a garbage-collection callback
+    (``gc.callbacks``, e.g. distributed's GC diagnostics) or a ``__del__``? Those run
+    inside whatever Python code allocated or dropped the last reference, the task
+    included; an exception raised there is printed as "Exception ignored" and cuts
+    that cleanup short (distributed's GC timer then asserts on the next collection)."""
+    codes = set()
+    for cb in gc.callbacks:
+        func = getattr(cb, "__func__", cb)
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    while frame is not None:
+        code = frame.f_code
+        if code in codes or code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_signal(signum, frame):
     """Handler of the take-back signal: raise in the task the watchdog fired at,
     if it is still running on this thread; otherwise (it returned in the meantime)
-    do nothing."""
+    do nothing. A signal that lands in a garbage-collection callback or a
+    finalizer the task triggered raises nothing, up to ``MAX_DEFERRALS`` times per
+    call: the watchdog fires again after another ``bound`` (see
+    :meth:`Guard.check`), by when a short cleanup has finished; a task that spends
+    nearly all its time in finalizers is still taken back, inside one."""
     cdef Guard guard
     cdef unsigned long me = threading.get_ident()
     for guard in list(_SIGNAL_GUARDS):
         if guard.running and guard.fired and guard.thread_id == me:
+            if guard.deferrals < MAX_DEFERRALS and _in_cleanup(frame):
+                guard.deferrals += 1
+                guard.deferred += 1
+                return
             raise TakenBack(
                 f"held the event loop for {guard.held():.3f} s"
             )
@@ -162,6 +195,9 @@ cdef class Guard:
     cdef readonly double last_held
     cdef double gc_at_start
     cdef readonly object key
+    #: Signals that landed in a GC callback or a finalizer and raised nothing.
+    cdef readonly unsigned long long deferred
+    cdef int deferrals  # of the running call
     cdef object __weakref__
 
     def __cinit__(self, unsigned long thread_id, int signum=0):
@@ -174,6 +210,7 @@ cdef class Guard:
         """``func(arg)``, marked as the running inline task ``key`` while it runs."""
         self.key = key
         self.fired = 0
+        self.deferrals = 0
         self.serial += 1
         self.gc_at_start = _gc_total
         self.started = _now()

@@ -84,6 +84,66 @@ def test_signal_takes_back_a_blocked_wait_on_the_main_thread():
     assert not guard.running
 
 
+@pytest.mark.skipif(not SIGNUM or not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_signal_in_a_gc_callback_or_finalizer_waits_for_the_task(monkeypatch):
+    """A take-back signal that lands in a garbage-collection callback (distributed's GC
+    diagnostics) or a ``__del__`` run inside the task raises nothing there (up to
+    twice per call); the next one, in the task's own code, takes it back."""
+    import gc
+    import sys
+
+    assert takeback.install_signal_handler(SIGNUM)
+    guard = Guard(threading.get_ident(), SIGNUM)
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    done = []
+
+    def fire():
+        # What the watchdog does when the bound is reached: the signal is delivered
+        # to this (the main) thread and its handler runs at the next bytecode.
+        guard.check(0.0)
+        for _ in range(100):
+            pass
+
+    def gc_callback(phase, info):
+        if phase == "stop" and info["generation"] == 2 and "gc" not in done:
+            fire()
+            done.append("gc")
+
+    class Cleanup:
+        def __del__(self):
+            fire()
+            done.append("del")
+
+    def task(_):
+        gc.collect()
+        Cleanup()  # dropped at once: __del__ runs here
+        done.append("task")
+        fire()  # in the task's own code: taken back
+        done.append("not reached")
+
+    gc.callbacks.append(gc_callback)
+    try:
+        with pytest.raises(TakenBack):
+            guard.call(task, None, "k")
+    finally:
+        gc.callbacks.remove(gc_callback)
+    assert done == ["gc", "del", "task"]  # neither cleanup was cut short
+    assert not unraisable
+    assert guard.deferred == 2 and guard.fired == 3
+
+    # Past two deferrals in one call, a signal raises even in a finalizer (a task
+    # that spends all its time in finalizers must still be taken back).
+    def three(_):
+        for _ in range(3):
+            Cleanup()
+    done.clear()
+    guard.call(three, None, "k2")
+    assert done == ["del", "del"]
+    assert len(unraisable) == 1 and unraisable[0].exc_type is TakenBack
+    assert guard.deferred == 4
+
+
 def _hammer(guard, calls):
     """``calls`` short guarded calls while a checker fires at every one of them:
     TakenBack may end a call, never anything outside it. Returns (calls taken back,
