@@ -161,7 +161,13 @@ def run(
     workloads: list[str] | None = None,
     threads: int = 1,
     inline: bool = False,
+    one_at_a_time: bool = False,
 ) -> tuple[list[DispatchRow], dict]:
+    """The dispatch rows. ``one_at_a_time``: only the measured configuration's cluster
+    is alive, started (and warmed up) for each repeat and closed after it, still
+    alternating the configurations; for many workers on few cores, where the idle
+    clusters' processes would take a share of the machine (slower: a cluster start
+    per repeat)."""
     names = workloads or list(WORKLOADS)
     rows: list[DispatchRow] = []
     configurations = {**CONFIGURATIONS, **(INLINE_CONFIGURATIONS if inline else {})}
@@ -171,7 +177,32 @@ def run(
         if progress:
             print(f"  dispatch: {msg}", file=sys.stderr, flush=True)
 
-    for nworkers in sizes:
+    if one_at_a_time:
+        for nworkers in sizes:
+            say(f"{nworkers} worker process(es) x {threads} thread(s): one cluster alive at a "
+                f"time, started for each repeat of {', '.join(configurations)}")
+            for name in names:
+                workload = WORKLOADS[name]
+                warm = min(tasks, max(50, tasks // 10))
+                row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
+                                  {c: [] for c in configurations})
+                for i in range(repeats):
+                    order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
+                    for config in order:
+                        kind, plugin = configurations[config]
+                        cluster, client = start_cluster(kind, plugin, nworkers, threads)
+                        try:
+                            workload(client, warm, sorted(client.scheduler_info()["workers"]))()
+                            _settle(client)
+                            result = run_once(client, workload, tasks)
+                        finally:
+                            client.close()
+                            cluster.close()
+                        row.runs[config].append(result)
+                        say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
+                            f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
+                rows.append(row)
+    for nworkers in (() if one_at_a_time else sizes):
         say(f"{nworkers} worker process(es) x {threads} thread(s): starting a cluster for each "
             f"of {', '.join(configurations)}")
         clusters = {}
@@ -203,6 +234,7 @@ def run(
         "repeats": repeats,
         "sizes": list(sizes),
         "threads_per_worker": threads,
+        "one_cluster_at_a_time": one_at_a_time,
         "workloads": {name: describe(name, tasks) for name in names},
         "worker_kinds": {k: {"class": WORKER_KINDS[k][0], "env": WORKER_KINDS[k][1]} for k in kinds},
         "configurations": {c: {"workers": k, "scheduler_plugin": p} for c, (k, p) in configurations.items()},

@@ -254,7 +254,10 @@ def markdown_report(record: dict) -> str:
                 f"Medians of {info['repeats']} repeats, the configurations alternating; "
                 f"scheduler and every worker ({info.get('threads_per_worker', 1)} thread(s), no "
                 "nanny) in processes of their own. "
-                "*plugin*: `fastworker.SchedulerPlugin` on the scheduler; fastworker workers "
+                + ("Only the measured configuration's cluster was alive: each repeat "
+                   "started (and warmed up) its own cluster and closed it after. "
+                   if info.get("one_cluster_at_a_time") else "")
+                + "*plugin*: `fastworker.SchedulerPlugin` on the scheduler; fastworker workers "
                 "pace their own stream to the scheduler in both fastworker columns. In "
                 "brackets: tasks/s over stock's, and scheduler CPU per task over stock's "
                 "(below 1: cheaper).", "",

@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dispatch-inline", action="store_true",
                         help="dispatch rows also for fastworker workers opted in to the "
                         "event-loop executor")
+    parser.add_argument("--dispatch-one-at-a-time", action="store_true",
+                        help="only the measured configuration's cluster alive, started for "
+                        "each repeat (many workers on few cores)")
     parser.add_argument("--note", help="a remark about this run (e.g. what else the machine "
                         "was doing), kept in results.json and shown above the tables in table.md")
     args = parser.parse_args(argv)
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks=args.dispatch_tasks, repeats=args.dispatch_repeats, progress=progress,
             sizes=tuple(args.dispatch_sizes), workloads=workloads,
             threads=args.dispatch_threads, inline=args.dispatch_inline,
+            one_at_a_time=args.dispatch_one_at_a_time,
         )
         record["dispatch"] = {"info": info, "rows": [bench_dispatch.row_record(r) for r in d_rows]}
     record["elapsed_s"] = time.perf_counter() - start

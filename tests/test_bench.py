@@ -123,6 +123,33 @@ def test_dispatch_rows_measure_four_configurations(bench_run):
     assert {r["runs"]["stock"][0]["tasks"] for r in rows if r["workload"] == "map no-op"} == {60}
 
 
+def test_dispatch_one_cluster_at_a_time():
+    """--dispatch-one-at-a-time: the same rows, each repeat on a cluster of its own,
+    nothing left running afterwards."""
+    import psutil
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_dispatch
+    import report
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    rows, info = bench_dispatch.run(tasks=40, repeats=2, progress=False, sizes=(1,),
+                                    workloads=["map no-op"], one_at_a_time=True)
+    assert info["one_cluster_at_a_time"] is True
+    (row,) = rows
+    assert set(row.runs) == {"stock", "stock+plugin", "fastworker", "fastworker+plugin"}
+    for config, runs in row.runs.items():
+        assert [r["tasks"] for r in runs] == [40, 40], config
+        assert all(r["wall"] > 0 and r["scheduler_cpu"] > 0 and r["worker_cpu"] > 0 for r in runs)
+    left = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE} - before
+    assert not left, left
+    env = {"date": "d", "cpus": 2, "platform": "p", "python": "3", "dask": "x",
+           "distributed": "y", "fastworker": "z"}
+    record = {"environment": env, "dispatch": {"info": info, "rows": [bench_dispatch.row_record(r) for r in rows]}}
+    assert "Only the measured configuration's cluster was alive" in report.markdown_report(record)
+
+
 def test_table_and_plots_written(bench_run):
     out, _, record = bench_run
     table = (out / "table.md").read_text()
