@@ -177,32 +177,42 @@ def run(
         if progress:
             print(f"  dispatch: {msg}", file=sys.stderr, flush=True)
 
-    if one_at_a_time:
-        for nworkers in sizes:
+    def warm_up(client: Client, workload) -> None:
+        workload(client, min(tasks, max(50, tasks // 10)), sorted(client.scheduler_info()["workers"]))()
+        _settle(client)
+
+    def measure_row(nworkers: int, name: str, measure) -> DispatchRow:
+        """One row: ``measure(config)`` for each repeat of each configuration, the
+        configurations in alternating order."""
+        row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
+                          {c: [] for c in configurations})
+        for i in range(repeats):
+            order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
+            for config in order:
+                result = measure(config)
+                row.runs[config].append(result)
+                say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
+                    f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
+        return row
+
+    for nworkers in sizes:
+        if one_at_a_time:
             say(f"{nworkers} worker process(es) x {threads} thread(s): one cluster alive at a "
                 f"time, started for each repeat of {', '.join(configurations)}")
             for name in names:
                 workload = WORKLOADS[name]
-                warm = min(tasks, max(50, tasks // 10))
-                row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
-                                  {c: [] for c in configurations})
-                for i in range(repeats):
-                    order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
-                    for config in order:
-                        kind, plugin = configurations[config]
-                        cluster, client = start_cluster(kind, plugin, nworkers, threads)
-                        try:
-                            workload(client, warm, sorted(client.scheduler_info()["workers"]))()
-                            _settle(client)
-                            result = run_once(client, workload, tasks)
-                        finally:
-                            client.close()
-                            cluster.close()
-                        row.runs[config].append(result)
-                        say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
-                            f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
-                rows.append(row)
-    for nworkers in (() if one_at_a_time else sizes):
+
+                def alone(config: str) -> dict:
+                    cluster, client = start_cluster(*configurations[config], nworkers, threads)
+                    try:
+                        warm_up(client, workload)
+                        return run_once(client, workload, tasks)
+                    finally:
+                        client.close()
+                        cluster.close()
+
+                rows.append(measure_row(nworkers, name, alone))
+            continue
         say(f"{nworkers} worker process(es) x {threads} thread(s): starting a cluster for each "
             f"of {', '.join(configurations)}")
         clusters = {}
@@ -211,20 +221,11 @@ def run(
                 clusters[config] = start_cluster(kind, plugin, nworkers, threads)
             for name in names:
                 workload = WORKLOADS[name]
-                warm = min(tasks, max(50, tasks // 10))
                 for _, client in clusters.values():
-                    workload(client, warm, sorted(client.scheduler_info()["workers"]))()
-                    _settle(client)
-                row = DispatchRow(nworkers, name, describe(name, tasks), tasks,
-                                  {c: [] for c in configurations})
-                for i in range(repeats):
-                    order = list(configurations) if i % 2 == 0 else list(reversed(configurations))
-                    for config in order:
-                        result = run_once(clusters[config][1], workload, tasks)
-                        row.runs[config].append(result)
-                        say(f"{nworkers}w {name}: {config} repeat {i + 1}/{repeats}: "
-                            f"{result['wall']:.2f} s, {result['tasks']:,} tasks")
-                rows.append(row)
+                    warm_up(client, workload)
+                rows.append(measure_row(
+                    nworkers, name, lambda config: run_once(clusters[config][1], workload, tasks)
+                ))
         finally:
             for cluster, client in clusters.values():
                 client.close()
