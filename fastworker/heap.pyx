@@ -43,6 +43,13 @@ from cpython.set cimport PySet_Add, PySet_Clear, PySet_Contains, PySet_Discard, 
 from cpython.weakref cimport PyWeakref_NewRef
 from libc.string cimport memcpy
 
+from fastworker.typeslots cimport (
+    SlotsTypeObject as fw_PyTypeObject,
+    inquiry as fw_inquiry,
+    traverseproc as fw_traverseproc,
+    visitproc as fw_visitproc,
+)
+
 import weakref
 from collections.abc import MutableSet, Set
 from itertools import islice
@@ -70,13 +77,6 @@ cdef extern from "Python.h":
     PyObject* fw_no_memory "PyErr_NoMemory"()
     PyObject* fw_PyExc_Exception "PyExc_Exception"
 
-    # Garbage-collector slots, without Cython's exception clauses.
-    ctypedef int (*fw_visitproc "visitproc")(PyObject*, void*) noexcept
-    ctypedef int (*fw_traverseproc "traverseproc")(PyObject*, fw_visitproc, void*) noexcept
-    ctypedef int (*fw_inquiry "inquiry")(PyObject*) noexcept
-    ctypedef struct fw_PyTypeObject "PyTypeObject":
-        fw_traverseproc tp_traverse
-        fw_inquiry tp_clear
 
 cdef extern from *:
     """

@@ -770,13 +770,12 @@ cdef TaskState new_task(object key):
 # so these traversals visit every field but those that hold None. Same references
 # to every tracked object; only gc.get_referents(ts) no longer lists None.
 
-cdef extern from *:
-    ctypedef int (*_visitproc "visitproc")(PyObject*, void*) noexcept
-    ctypedef int (*_traverseproc "traverseproc")(PyObject*, _visitproc, void*) noexcept
-    ctypedef Py_hash_t (*_hashfunc "hashfunc")(PyObject*) noexcept
-    ctypedef struct _TypeObject "PyTypeObject":
-        _traverseproc tp_traverse
-        _hashfunc tp_hash
+from fastworker.typeslots cimport (
+    SlotsTypeObject as _TypeObject,
+    hashfunc as _hashfunc,
+    traverseproc as _traverseproc,
+    visitproc as _visitproc,
+)
 
 
 cdef inline int _visit(PyObject* p, _visitproc visit, void* arg) noexcept:
