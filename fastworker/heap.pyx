@@ -45,7 +45,6 @@ from libc.string cimport memcpy
 
 from fastworker.typeslots cimport (
     SlotsTypeObject as fw_PyTypeObject,
-    inquiry as fw_inquiry,
     traverseproc as fw_traverseproc,
     visitproc as fw_visitproc,
 )
