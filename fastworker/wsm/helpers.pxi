@@ -302,11 +302,9 @@ cdef object _host(object address):
     cdef PyObject* found = PyDict_GetItemWithError(_HOSTS, address)
     if found is not NULL:
         return <object>found
-    host = None
-    if host is None:
-        host = get_address_host(address)
-        if len(_HOSTS) < 100_000:
-            _HOSTS[address] = host
+    host = get_address_host(address)
+    if len(_HOSTS) < 100_000:
+        _HOSTS[address] = host
     return host
 
 
