@@ -104,8 +104,11 @@ cdef int _handler_signum = 0
 
 
 #: Signals per call that may land in a GC callback or a finalizer without raising.
+#: The one after them comes at bound x (MAX_DEFERRALS + 1), which must stay below the
+#: watchdog's STUCK_AFTER_BOUNDS: a deferred task is not a stuck one.
 cdef enum:
     MAX_DEFERRALS = 2
+MAX_DEFERRALS_PER_CALL = MAX_DEFERRALS
 
 
 def _in_cleanup(frame):

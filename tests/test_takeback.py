@@ -144,6 +144,12 @@ def test_signal_in_a_gc_callback_or_finalizer_waits_for_the_task(monkeypatch):
     assert guard.deferred == 4
 
 
+def test_a_deferred_take_back_is_not_taken_for_a_stuck_task():
+    from fastworker.watchdog import STUCK_AFTER_BOUNDS
+
+    assert takeback.MAX_DEFERRALS_PER_CALL + 1 < STUCK_AFTER_BOUNDS
+
+
 def _hammer(guard, calls):
     """``calls`` short guarded calls while a checker fires at every one of them:
     TakenBack may end a call, never anything outside it. Returns (calls taken back,
