@@ -24,8 +24,12 @@ the result is known to be identical:
   whose bytes hold no ``"__"`` (so no dict of it can carry the ``__Serialized__``,
   ``__Pickled__``, ``__Set__`` or ``__Enum__`` marks that distributed's hook looks for:
   the hook would return each dict unchanged) is decoded by msgpack without the hook.
-  Anything else — several frames, a mark, a large body — goes through distributed's
-  ``from_frames`` on the frames read, exactly as the comm would.
+  A small body whose only mark is ``__Pickled__`` (every ``compute-task``: its
+  ``run_spec``) is decoded with a hook that does only what distributed's does for that
+  mark, calling distributed's own ``pickle.loads`` (and ``decompress`` unless it would
+  do nothing: no sub-frames and no metric callback listening). Anything else — other
+  marks, a large body — goes through distributed's ``from_frames`` on the frames read,
+  exactly as the comm would.
 
 Only ``distributed.comm.tcp.TCP`` itself qualifies (not TLS, not a subclass, not another
 backend): :func:`eligible`. ``read`` is set on the comm instance by :func:`install_read`;
@@ -45,15 +49,21 @@ from typing import Any
 import cloudpickle
 import msgpack
 from distributed.comm import tcp as _tcp
+from distributed.comm import utils as _comm_utils
 from distributed.comm.core import CommClosedError
 from distributed.comm.utils import OFFLOAD_THRESHOLD, from_frames
-from distributed.protocol.compression import maybe_compress
+from distributed.metrics import context_meter
+from distributed.protocol import pickle as _dpickle
+from distributed.protocol.compression import decompress, maybe_compress
 from distributed.protocol.serialize import ToPickle, msgpack_encode_default
-from distributed.protocol.utils import unpack_frames
+from distributed.protocol.utils import msgpack_opts, unpack_frames
 from distributed.utils import ensure_memoryview, nbytes
 from tornado.iostream import StreamClosedError
 
 logger = logging.getLogger("distributed.fastworker")
+#: The loggers distributed's ``protocol.loads`` and ``from_frames`` report failures on.
+_loads_logger = logging.getLogger("distributed.protocol.core")
+_frames_logger = logging.getLogger("distributed.comm.utils")
 
 #: The prelude of a one-frame message: bytes that follow the first word, frame count,
 #: frame length ("Q" each, native order, as distributed packs them).
@@ -63,6 +73,9 @@ _WORD = struct.Struct("Q")
 SMALL_BODY = 1 << 16
 #: Larger payloads go through the comm's own write (which may serialize them in a thread).
 LIMIT = OFFLOAD_THRESHOLD or (10 << 20)
+#: The metric callbacks active in this context (a dict), or None on a release that
+#: keeps them elsewhere (then ``decompress`` is always called).
+_meter_callbacks = getattr(getattr(context_meter, "_callbacks", None), "get", None)
 
 
 class _Unusual(Exception):
@@ -168,6 +181,10 @@ def _samples() -> list:
         [{"op": "compute-task", "key": "f-1", "priority": (0, 1, -2),
           "run_spec": ToPickle((len, "abc")), "who_has": {"x": ["tcp://a:1"]},
           "resource_restrictions": {}, "annotations": {"k": {1, 2}}}],
+        # as the scheduler sends most tasks (no set, so read decodes it itself)
+        [{"op": "compute-task", "key": ("f", 2), "priority": (0, 1, -3),
+          "run_spec": ToPickle((max, (1, 2))), "who_has": {}, "nbytes": {},
+          "resource_restrictions": {}, "actor": False, "annotations": {}, "span_id": None}],
         # out-of-band buffers (each through maybe_compress), as NumPy arrays give
         [{"op": "x", "data": ToPickle(bytearray(b"0123456789" * 2000)),
           "big": ToPickle(pickle.PickleBuffer(bytearray(b"ab" * 40_000)))}],
@@ -198,6 +215,9 @@ def selfcheck() -> str | None:
                 ):
                     reason = "this release frames messages differently"
                     break
+                reason = _read_check(sample, dumps)
+                if reason:
+                    break
             except Exception as e:  # a release whose comm or protocol we do not know
                 reason = f"framing a sample message failed: {e!r}"
                 break
@@ -205,6 +225,33 @@ def selfcheck() -> str | None:
         if reason:
             logger.info("fastworker: small messages go through distributed's comm: %s", reason)
     return _selfcheck[0]
+
+
+def _read_check(sample: Any, dumps: Any) -> str | None:
+    """None if :func:`read`'s own decoding of ``sample``, when it would decode it, gives
+    what this release's ``protocol.loads`` gives (same types, same values)."""
+    from distributed.protocol import loads
+
+    frames = dumps(sample, on_error="raise")
+    head = bytes(frames[0])
+    if b"__" in head.replace(b"__Pickled__", b""):
+        return None  # read leaves it to from_frames
+    if not _same(_loads_pickled(list(frames), head, 0, None), loads(frames)):
+        return "this release decodes pickled messages differently"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, container by container, with the same types."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, (memoryview, pickle.PickleBuffer)):
+        return bytes(a) == bytes(b)
+    return bool(a == b)
 
 
 def pack(payload: Any, options: dict | None = None) -> list | None:
@@ -306,6 +353,18 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
     except BaseException:
         comm.abort()  # as the comm does: the stream's position is unknown
         raise
+    if size <= SMALL_BODY and not buffers_nbytes:
+        threshold = _comm_utils.OFFLOAD_THRESHOLD
+        if not (threshold and comm.allow_offload and comm.deserialize and size > threshold):
+            # (the comm would not deserialize it in a thread: the frames are smaller
+            # than the body)
+            head = bytes(frames[0])
+            if b"__" not in head.replace(b"__Pickled__", b""):
+                try:
+                    return _loads_pickled(frames, head, size, comm)
+                except EOFError:
+                    comm.abort()
+                    raise CommClosedError("aborted stream on truncated data")
     try:
         return await from_frames(
             frames,
@@ -316,6 +375,63 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
     except EOFError:
         comm.abort()
         raise CommClosedError("aborted stream on truncated data")
+
+
+def _loads_pickled(frames: list, head: bytes, size: int, comm: Any) -> Any:
+    """What ``from_frames`` returns for ``frames`` whose first frame carries no mark of
+    distributed's hook but ``__Pickled__`` (checked by the caller: every ``"__"`` in
+    ``head``, its bytes, belongs to one): each such dict is replaced by the object
+    ``distributed.protocol.pickle.loads`` makes of its sub-header and sub-frames, every
+    other dict is kept as it is, as the hook does. The sub-frames' ``decompress`` (a
+    function timed by ``context_meter``) is skipped only when it has nothing to do and
+    no metric callback is active, i.e. when calling it would change nothing."""
+
+    def hook(obj: dict) -> Any:
+        offset = obj.get("__Pickled__", 0)
+        if offset > 0:
+            sub_header = msgpack.loads(frames[offset])
+            offset += 1
+            sub_frames = frames[offset : offset + sub_header["num-sub-frames"]]
+            if "compression" in sub_header:
+                if (
+                    sub_frames
+                    or sub_header["compression"]
+                    or _meter_callbacks is None
+                    or _meter_callbacks()
+                ):
+                    sub_frames = decompress(sub_header, sub_frames)
+                else:
+                    sub_frames = []
+            return _dpickle.loads(sub_header["pickled-obj"], buffers=sub_frames)
+        return obj
+
+    try:
+        try:
+            return msgpack.loads(head, object_hook=hook, use_list=False, **msgpack_opts)
+        except Exception:
+            # distributed's protocol.loads reports every failure so, then raises
+            _loads_logger.critical("Failed to deserialize", exc_info=True)
+            raise
+    except EOFError:
+        # and from_frames reports a truncated stream so (its size is what it measured)
+        measured = size_of_frames(frames) if _offload_measures(comm) else False
+        _frames_logger.error(
+            "truncated data stream (%d bytes): %s",
+            measured,
+            "[too large to display]" if measured > 1000 else frames,
+        )
+        raise
+
+
+def size_of_frames(frames: list) -> int:
+    """``from_frames``' measure of a message: the bytes of all its frames."""
+    return sum(map(nbytes, frames))
+
+
+def _offload_measures(comm: Any) -> bool:
+    """Whether ``from_frames`` measures the frames of ``comm``'s messages (it does when
+    it might deserialize them in a thread)."""
+    return bool(comm.allow_offload and comm.deserialize and _comm_utils.OFFLOAD_THRESHOLD)
 
 
 def install_read(comm: Any) -> bool:

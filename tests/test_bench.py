@@ -214,3 +214,16 @@ def test_callgrind_driver_runs_each_shape_once(impl, shape):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     expected = 2_000 if shape == "unpause" else 60
     assert f"UNITS {expected}" in proc.stdout.splitlines()
+
+
+def test_wire_benchmark_measures_every_shape():
+    """bench_wire writes each payload through both paths and reads it back through
+    both; a payload the wire would leave to the comm must fail loudly, not hang."""
+    out = subprocess.run(
+        [sys.executable, "benchmarks/bench_wire.py", "--n", "20", "--repeats", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows if not r.startswith("| ---")] == [
+        "task-finished (worker -> scheduler)", "compute-task (scheduler -> worker)", "free-keys x4"]

@@ -375,3 +375,123 @@ def test_pacer_loop_writes_through_the_wire_and_the_stream_counts_match(monkeypa
             await _close(listener, done, pairs)
 
     run(main())
+
+
+def test_pickled_messages_are_decoded_by_the_wire_itself(monkeypatch):
+    """A compute-task (a ``__Pickled__`` mark, no other) is decoded without
+    ``from_frames``; one with a set in it still goes through it."""
+    calls = []
+    real = wire.from_frames
+
+    async def counting(frames, **kw):
+        calls.append(len(frames))
+        return await real(frames, **kw)
+
+    monkeypatch.setattr(wire, "from_frames", counting)
+    with_set = [{**PICKLED["compute-task"][0], "annotations": {"k": {1, 2}}}]
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            out = []
+            for payload in (PICKLED["compute-task"], with_set):
+                await a.write(payload, on_error="raise")
+                await b.write(payload, on_error="raise")
+                out.append((await wire.read(pa), await pb.read()))
+            return out
+        finally:
+            await _close(listener, done, pairs)
+
+    (plain_ours, plain_theirs), (set_ours, set_theirs) = run(main())
+    _same(plain_ours, plain_theirs)
+    _same(set_ours, set_theirs)
+    assert calls == [2]  # only the message with a set went through from_frames
+
+
+@pytest.mark.parametrize("name", list(PICKLED))
+def test_pickled_reads_report_the_same_metrics(name):
+    """Under an active ``context_meter`` callback, the wire's read reports what the
+    comm's read reports (``decompress`` for every ``ToPickle``), with or without
+    sub-frames; without a callback there is nothing to report."""
+    from distributed.metrics import context_meter
+
+    payload = PICKLED[name]
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            seen = {"ours": [], "theirs": []}
+            for comm, peer, who in ((a, pa, "ours"), (b, pb, "theirs")):
+                await comm.write(payload, on_error="raise")
+                record = seen[who]
+                with context_meter.add_callback(lambda label, value, unit: record.append((label, unit))):
+                    if who == "ours":
+                        await wire.read(peer)
+                    else:
+                        await peer.read()
+            return seen
+        finally:
+            await _close(listener, done, pairs)
+
+    seen = run(main())
+    assert seen["ours"] == seen["theirs"]
+    assert ("decompress", "seconds") in seen["ours"]
+
+
+class _FailsToUnpickle:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        return (_raise, (self.exc,))
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.mark.parametrize("exc", [ValueError("no"), EOFError("cut")], ids=["ValueError", "EOFError"])
+def test_a_run_spec_that_fails_to_unpickle_ends_as_the_comms_read(exc, caplog):
+    """The same exception (EOFError: CommClosedError, the comm aborted) and the same
+    log records as the comm's read."""
+    payload = [{"op": "compute-task", "key": "f", "run_spec": ToPickle(_FailsToUnpickle(exc))}]
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            out = []
+            for comm, peer, reader in ((a, pa, wire.read), (b, pb, lambda c: c.read())):
+                await comm.write(payload, on_error="raise")
+                caplog.clear()
+                with caplog.at_level(logging.DEBUG, logger="distributed"):
+                    try:
+                        await reader(peer)
+                        raised = None
+                    except Exception as e:
+                        raised = (type(e), str(e))
+                records = [(r.name, r.levelname, r.getMessage()[:23]) for r in caplog.records
+                           if r.name != "distributed.comm.tcp"]
+                out.append((raised, records, peer.closed()))
+            return out
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs = run(main())
+    assert ours == theirs
+    assert ours[0] is not None and ours[1]
+
+
+def test_a_release_that_decodes_otherwise_keeps_the_comm(monkeypatch):
+    """If this release's loads gives something else for a sample message that read
+    would decode itself, no comm is eligible."""
+    import distributed.protocol
+
+    real = distributed.protocol.loads
+    monkeypatch.setattr(
+        distributed.protocol, "loads", lambda frames, **kw: [dict(m, extra=1) for m in real(frames, **kw)]
+    )
+    monkeypatch.setattr(wire, "_selfcheck", [])
+    assert wire.selfcheck() == "this release decodes pickled messages differently"
