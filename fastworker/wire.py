@@ -236,7 +236,7 @@ def _read_check(sample: Any, dumps: Any) -> str | None:
     head = bytes(frames[0])
     if b"__" in head.replace(b"__Pickled__", b""):
         return None  # read leaves it to from_frames
-    if not _same(_loads_pickled(list(frames), head, 0, None), loads(frames)):
+    if not _same(_loads_pickled(list(frames), head, None), loads(frames)):
         return "this release decodes pickled messages differently"
     return None
 
@@ -361,7 +361,7 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
             head = bytes(frames[0])
             if b"__" not in head.replace(b"__Pickled__", b""):
                 try:
-                    return _loads_pickled(frames, head, size, comm)
+                    return _loads_pickled(frames, head, comm)
                 except EOFError:
                     comm.abort()
                     raise CommClosedError("aborted stream on truncated data")
@@ -377,7 +377,7 @@ async def read(comm: Any, deserializers: Any = None) -> Any:
         raise CommClosedError("aborted stream on truncated data")
 
 
-def _loads_pickled(frames: list, head: bytes, size: int, comm: Any) -> Any:
+def _loads_pickled(frames: list, head: bytes, comm: Any) -> Any:
     """What ``from_frames`` returns for ``frames`` whose first frame carries no mark of
     distributed's hook but ``__Pickled__`` (checked by the caller: every ``"__"`` in
     ``head``, its bytes, belongs to one): each such dict is replaced by the object
@@ -414,7 +414,7 @@ def _loads_pickled(frames: list, head: bytes, size: int, comm: Any) -> Any:
             raise
     except EOFError:
         # and from_frames reports a truncated stream so (its size is what it measured)
-        measured = size_of_frames(frames) if _offload_measures(comm) else False
+        measured = sum(map(nbytes, frames)) if _offload_measures(comm) else False
         _frames_logger.error(
             "truncated data stream (%d bytes): %s",
             measured,
@@ -423,14 +423,11 @@ def _loads_pickled(frames: list, head: bytes, size: int, comm: Any) -> Any:
         raise
 
 
-def size_of_frames(frames: list) -> int:
-    """``from_frames``' measure of a message: the bytes of all its frames."""
-    return sum(map(nbytes, frames))
-
-
 def _offload_measures(comm: Any) -> bool:
     """Whether ``from_frames`` measures the frames of ``comm``'s messages (it does when
-    it might deserialize them in a thread)."""
+    it might deserialize them in a thread); no comm (the self-check): the defaults."""
+    if comm is None:
+        return bool(_comm_utils.OFFLOAD_THRESHOLD)
     return bool(comm.allow_offload and comm.deserialize and _comm_utils.OFFLOAD_THRESHOLD)
 
 
