@@ -227,3 +227,32 @@ def test_wire_benchmark_measures_every_shape():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
     assert [r.split(" | ")[0][2:] for r in rows if not r.startswith("| ---")] == [
         "task-finished (worker -> scheduler)", "compute-task (scheduler -> worker)", "free-keys x4"]
+
+
+def test_round_trip_segments_from_records():
+    """benchmarks/round_trip.py's arithmetic on hand-made records of one task."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import round_trip
+    finally:
+        sys.path.pop(0)
+    scheduler = [("write", 1.0, 1.1, ["a"]), ("finished", 1.9, 1.95, "a"),
+                 ("write", 2.0, 2.1, ["b"])]
+    worker = [("compute", 1.2, 1.25, "a"), ("run", 1.3, None, "a"),
+              ("success", 1.5, 1.55, "a"), ("write", 1.7, 1.75, ["a"])]
+    rows, counts = round_trip.segments(worker, scheduler)
+    assert counts == {"tasks": 1, "scheduler writes": 2, "worker writes": 1}
+    got = [round(values[0]) for _, values in rows]
+    assert got == [200_000, 100_000, 200_000, 50_000, 200_000, 200_000, 50_000,
+                   100_000, 900_000]
+
+
+def test_round_trip_runs_on_a_real_cluster():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/round_trip.py", "--tasks", "200"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "200 tasks, " in out.stdout.splitlines()[0]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][2:]
+    assert len(rows) == 9 and rows[-1].startswith("| a task's lifetime")
