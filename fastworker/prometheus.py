@@ -226,7 +226,7 @@ class _SchedulerCollector(_Collector):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         from fastworker.dispatch import Pacer
-        from fastworker.scheduler import scheduler_status
+        from fastworker.scheduler import client_wire_counts, scheduler_status
 
         report = scheduler_status(scheduler)
         yield GaugeMetricFamily(
@@ -292,8 +292,17 @@ class _SchedulerCollector(_Collector):
             streams.add_metric([mode], n)
         for wire, n in wire_counts.items():
             wires.add_metric([wire], n)
+        client_wires = GaugeMetricFamily(
+            self.name("client_streams_by_wire"),
+            "The scheduler's streams to clients by who frames, writes and reads their "
+            "small messages (fastworker: fastworker.wire; distributed: the comm)",
+            labels=["wire"],
+        )
+        for wire, n in {**dict.fromkeys(WIRES, 0), **client_wire_counts(scheduler)}.items():
+            client_wires.add_metric([wire], n)
         yield streams
         yield wires
+        yield client_wires
         yield messages
         yield writes
         yield per_write

@@ -5,7 +5,12 @@
 :class:`fastworker.dispatch.Pacer` on the scheduler's ``BatchedSend`` to each worker
 (``scheduler.stream_comms``): on those present when it starts and, through the
 ``add_worker`` hook (called after the stream is made and before it starts), on every
-worker that joins later. Nothing is patched on distributed's classes.
+worker that joins later. With ``fastworker.dispatch.wire`` on, the scheduler's stream
+to each client keeps distributed's timing (its 2 ms window) and sending loop, and its
+small messages are framed, written and read by :mod:`fastworker.wire` (the same
+bytes): for the clients present when the plugin starts and, through the
+``add_client`` hook, for each one that connects later. Nothing is patched on
+distributed's classes.
 
 It honours the same guards as every other way in (``fastworker.enabled``, the
 supported distributed release) and its own off switch,
@@ -14,13 +19,14 @@ as stock. ``client.run_on_scheduler(fastworker.status)`` reports whether it runs
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin as _BasePlugin
 
-from fastworker import dispatch, prometheus
+from fastworker import dispatch, prometheus, wire
 from fastworker.refusal import refusal_reason as common_reason
 
 logger = logging.getLogger("distributed.fastworker")
@@ -77,21 +83,45 @@ class SchedulerPlugin(_BasePlugin):
         dispatch.log_rule_once("scheduler", self.rule)
         for stream in list(self.scheduler.stream_comms.values()):
             dispatch.Pacer.adopt(stream, self.rule)
+        for client in list(self.scheduler.client_comms):
+            self._wire_client(client)
 
     def pause(self) -> None:
-        """Give every stream back its stock interval; new workers stay stock."""
+        """Give every stream back its stock interval, every client stream its comm's
+        own write and read; new workers and clients stay stock."""
         self.active = False
         self.reason = "paused"
         for stream in list(self.scheduler.stream_comms.values()):
             pacer = dispatch.Pacer.of(stream)
             if pacer is not None:
                 pacer.release()
+        for stream in list(self.scheduler.client_comms.values()):
+            comm = getattr(stream, "comm", None)
+            if comm is not None:
+                wire.uninstall(comm)
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         if self.active:
             stream = scheduler.stream_comms.get(worker)
             if stream is not None:
                 dispatch.Pacer.adopt(stream, self.rule)
+
+    def add_client(self, scheduler: Any, client: str) -> None:
+        # distributed calls this before it makes and starts the client's stream; it
+        # is in place once the handler that called us yields to the loop
+        if self.active and self.rule.wire:
+            asyncio.get_running_loop().call_soon(self._wire_client, client)
+
+    def _wire_client(self, client: str) -> None:
+        """The client's stream: its comm's small writes and reads through the wire."""
+        if not (self.active and self.rule.wire):
+            return
+        stream = self.scheduler.client_comms.get(client)
+        comm = getattr(stream, "comm", None)
+        if comm is not None and wire.install_write(comm):
+            # the scheduler's handle_stream reads the same comm (the read in progress
+            # ends as the comm's; the next ones are the wire's)
+            wire.install_read(comm)
 
     async def close(self) -> None:
         self.active = False
@@ -120,8 +150,19 @@ class SchedulerPlugin(_BasePlugin):
             "loops": loops,
             # who frames, writes and reads the small messages (fastworker.wire)
             "wires": wires,
+            "client_wires": client_wire_counts(self.scheduler),
             "rule": asdict(self.rule) if self.rule else None,
         }
+
+
+def client_wire_counts(scheduler: Any) -> dict[str, int]:
+    """How many of the scheduler's client streams each side frames and writes."""
+    counts: dict[str, int] = {}
+    for stream in list(scheduler.client_comms.values()) if scheduler else []:
+        comm = getattr(stream, "comm", None)
+        side = "fastworker" if comm is not None and wire.installed_write(comm) else "distributed"
+        counts[side] = counts.get(side, 0) + 1
+    return counts
 
 
 def scheduler_status(scheduler: Any) -> dict:
@@ -140,6 +181,7 @@ def scheduler_status(scheduler: Any) -> dict:
             "modes": {},
             "loops": {},
             "wires": {},
+            "client_wires": client_wire_counts(scheduler),
         }
     info["version"] = __version__
     return info

@@ -443,3 +443,43 @@ def install_read(comm: Any) -> bool:
 def installed(comm: Any) -> bool:
     """Whether :func:`install_read` gave ``comm`` its ``read``."""
     return "read" in getattr(comm, "__dict__", ())
+
+
+async def _write_or_comm(comm: Any, msg: Any, serializers: Any = None,
+                         on_error: str = "message") -> int:
+    """``comm.write`` for a stream that distributed's own sending loop writes (the
+    scheduler's stream to a client): :func:`write` when it can, else the comm's."""
+    if serializers is None:
+        nbytes = write(comm, msg)
+        if nbytes is not None:
+            return nbytes
+    return await _tcp.TCP.write(comm, msg, serializers=serializers, on_error=on_error)
+
+
+def install_write(comm: Any) -> bool:
+    """Give the TCP ``comm`` instance a ``write`` that goes through :func:`write` for
+    what it serves and through the comm's own ``write`` for the rest; idempotent, and
+    a ``write`` already set on the instance (a test's, another extension's) is left
+    alone. For streams whose sending loop is distributed's (``BatchedSend`` calls
+    ``comm.write`` for each batch); the Pacer's loop calls :func:`write` itself."""
+    if not eligible(comm):
+        return False
+    if "write" not in vars(comm):
+        comm.write = functools.partial(_write_or_comm, comm)
+    return True
+
+
+def uninstall(comm: Any) -> None:
+    """Take :func:`install_write`'s ``write`` and :func:`install_read`'s ``read`` off
+    ``comm`` (each only if it is ours): the comm's own methods again."""
+    attributes = getattr(comm, "__dict__", {})
+    for name, function in (("write", _write_or_comm), ("read", read)):
+        value = attributes.get(name)
+        if isinstance(value, functools.partial) and value.func is function:
+            del attributes[name]
+
+
+def installed_write(comm: Any) -> bool:
+    """Whether :func:`install_write` gave ``comm`` its ``write``."""
+    value = getattr(comm, "__dict__", {}).get("write")
+    return isinstance(value, functools.partial) and value.func is _write_or_comm

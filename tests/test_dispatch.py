@@ -85,15 +85,21 @@ CLIENT_OPS = {"key-in-memory", "lost-data", "cancelled-keys", "task-erred", "tas
 
 
 def client_reports(log) -> dict:
-    """Per key, the last report the client received about it. How often a key is
-    reported, and whether an early report carries its type yet, depends on when the
-    client's own messages reach the scheduler, in stock too; what the client ends up
-    knowing does not."""
+    """Per key, what the client ends up knowing from the reports it received: the op
+    of the last one, and the last type any of them carried (a report without a type
+    leaves a future's type as it was). How often a key is reported, and whether the
+    last report carries the type, depends on when the client's own messages reach the
+    scheduler, in stock too: a key finished before the client's next ``update-graph``
+    that names it is reported again then, without its type (``report_on_key``)."""
     out: dict = {}
     for _, op, items in log:
         fields = dict(items)
         if op in CLIENT_OPS and "key" in fields:
-            out[fields["key"]] = (op, fields.get("type"))
+            key = fields["key"]
+            kind = fields.get("type")
+            if kind is None and key in out:
+                kind = out[key][1]
+            out[key] = (op, kind)
     return out
 
 
@@ -297,6 +303,19 @@ def test_plugin_paces_present_and_joining_workers_and_status_says_so(caplog):
                 }
                 futures = c.map(operator.add, range(100), range(100))
                 assert await c.gather(futures) == [2 * i for i in range(100)]
+                # the client present when the plugin came, and one that connects
+                # after it: their streams' writes and reads go through the wire, on
+                # distributed's own sending loop and at its interval
+                async with Client(s.address, asynchronous=True) as c2:
+                    await asyncio.sleep(0)  # (the hook's callback: one loop iteration)
+                    status = await c2.run_on_scheduler(fastworker.status)
+                    assert status["client_wires"] == {"fastworker": 2}
+                    for bcomm in s.client_comms.values():
+                        assert bcomm.interval == 0.002 and not _paced(bcomm)
+                        assert "write" in vars(bcomm.comm) and "read" in vars(bcomm.comm)
+                    assert await c2.submit(operator.mul, 6, 7) == 42
+                    with pytest.raises(ZeroDivisionError):  # a report the wire leaves
+                        await c2.submit(operator.truediv, 1, 0)  # to the comm
                 # stock workers keep their own stream stock
                 worker_status = (await c.run(fastworker.status))[b.address]
                 assert worker_status["dispatch"] is None
@@ -307,8 +326,14 @@ def test_plugin_paces_present_and_joining_workers_and_status_says_so(caplog):
             plugin.pause()
             assert not _paced(stream) and stream.interval == 0.005
             assert "send" not in vars(stream)
+            (bcomm,) = s.client_comms.values()
+            assert "write" not in vars(bcomm.comm) and "read" not in vars(bcomm.comm)
+            assert plugin.state()["client_wires"] == {"distributed": 1}
+            assert await c.submit(operator.add, 2, 3) == 5
             plugin.resume()
             assert _paced(stream)
+            assert plugin.state()["client_wires"] == {"fastworker": 1}
+            assert await c.submit(operator.add, 3, 4) == 7
 
     run(main())
     rules = [m for m in caplog.messages if "low-latency dispatch on the scheduler streams" in m]
@@ -352,6 +377,7 @@ def test_off_switches_keep_the_scheduler_stock(setting, reason, caplog):
             assert not _paced(s.stream_comms[a.address])
             status = await c.run_on_scheduler(fastworker.status)
             assert status["scheduler_plugin"] is False and reason in status["reason"]
+            assert status["client_wires"] == {"distributed": 1}
             assert await c.submit(operator.add, 1, 2) == 3
 
     with dask.config.set(setting):
@@ -818,3 +844,26 @@ def test_a_comm_put_in_place_of_the_streams_holds_its_writes(dispatch_config):
             await s.close()
 
     run(main())
+
+
+def test_wire_off_keeps_the_client_streams_stock():
+    """``fastworker.dispatch.wire: false``: the workers' streams are paced, the
+    clients' keep the comm's own write and read, present or joining."""
+
+    async def main():
+        async with Scheduler(dashboard_address=":0") as s, distributed.Worker(
+            s.address, nthreads=1
+        ) as a, Client(s.address, asynchronous=True) as c:
+            await c.register_plugin(fastworker.SchedulerPlugin())
+            assert _paced(s.stream_comms[a.address])
+            async with Client(s.address, asynchronous=True) as c2:
+                await asyncio.sleep(0)
+                status = await c2.run_on_scheduler(fastworker.status)
+                assert status["scheduler_plugin"] is True
+                assert status["client_wires"] == {"distributed": 2}
+                for bcomm in s.client_comms.values():
+                    assert "write" not in vars(bcomm.comm) and "read" not in vars(bcomm.comm)
+                assert await c2.submit(operator.add, 1, 2) == 3
+
+    with dask.config.set({"fastworker.dispatch.wire": False}):
+        run(main())

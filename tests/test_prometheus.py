@@ -264,6 +264,17 @@ def test_scheduler_streams_by_wire(fast, disabled):
     assert wires(disabled) == {"fastworker": 0, "distributed": 1}
 
 
+def test_scheduler_client_streams_by_wire(fast, disabled):
+    def wires(cluster):
+        family = cluster.scheduler_metrics()["dask_scheduler_fastworker_client_streams_by_wire"]
+        return {dict(labels)["wire"]: value for (_, labels), value in family.items()}
+
+    # the test's client connected to a scheduler that ran the plugin
+    assert wires(fast) == {"fastworker": 1, "distributed": 0}
+    assert fast.client.run_on_scheduler(fastworker.status)["client_wires"] == {"fastworker": 1}
+    assert wires(disabled) == {"fastworker": 0, "distributed": 1}
+
+
 def test_scheduler_messages_per_write_per_stream(fast):
     def per_stream():
         metrics = fast.scheduler_metrics()

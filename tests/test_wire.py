@@ -495,3 +495,73 @@ def test_a_release_that_decodes_otherwise_keeps_the_comm(monkeypatch):
     )
     monkeypatch.setattr(wire, "_selfcheck", [])
     assert wire.selfcheck() == "this release decodes pickled messages differently"
+
+
+#: What the scheduler sends a client on its stream (distributed's loop, 2 ms window).
+CLIENT = {
+    "stream-start": [{"op": "stream-start"}],
+    "key-in-memory": [{"op": "key-in-memory", "key": "mul-1", "type": pickle.dumps(int)},
+                      {"op": "key-in-memory", "key": ("sum", 1, 0)}],
+    "cancelled-keys": [{"op": "cancelled-keys", "keys": ["x"], "reason": "already forgotten"}],
+    "task-erred, serialized": [{"op": "task-erred", "key": "f-1",
+                                "exception": Serialize(("ValueError", "boom")),
+                                "traceback": Serialize(None)}],
+}
+
+
+@pytest.mark.parametrize("name", list(CLIENT))
+def test_install_write_sends_the_comms_bytes_and_leaves_the_rest_to_it(name, monkeypatch):
+    """A comm given the wire's ``write`` on its instance (the scheduler's stream to a
+    client, which distributed's own loop writes) sends what the comm's write sends;
+    what the wire does not serve goes through the comm's write, called once."""
+    payload = CLIENT[name]
+    calls = []
+    stock_write = TCP.write
+
+    async def counting_write(self, *args, **kwargs):
+        calls.append(self)
+        return await stock_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(TCP, "write", counting_write)
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (fast, fast_peer), (stock, stock_peer) = pairs
+            calls.clear()  # (the handshakes)
+            assert wire.install_write(fast) and wire.installed_write(fast)
+            assert wire.install_write(fast)  # idempotent
+            assert not wire.installed_write(stock) and "write" not in vars(stock)
+            n_ours = await fast.write(payload, serializers=None, on_error="raise")
+            n_theirs = await stock.write(payload, serializers=None, on_error="raise")
+            return (await _raw(fast_peer, n_ours), await _raw(stock_peer, n_theirs),
+                    [c is fast for c in calls])
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs, callers = run(main())
+    assert ours == theirs
+    served = "serialized" not in name
+    assert callers == ([False] if served else [True, False])
+
+
+def test_uninstall_gives_the_comm_its_own_methods_back():
+    async def main():
+        listener, done, pairs = await _pairs(1)
+        try:
+            ((comm, peer),) = pairs
+            assert wire.install_write(comm) and wire.install_read(comm)
+            theirs = lambda *a, **k: None  # noqa: E731  another extension's write
+            wire.uninstall(comm)
+            assert "write" not in vars(comm) and "read" not in vars(comm)
+            comm.write = theirs
+            assert wire.install_write(comm) and comm.write is theirs  # left alone
+            wire.uninstall(comm)
+            assert comm.write is theirs
+            del comm.write
+            assert await comm.write(CLIENT["key-in-memory"]) > 0
+            _same(await peer.read(), tuple(CLIENT["key-in-memory"]))
+        finally:
+            await _close(listener, done, pairs)
+
+    run(main())
