@@ -20,7 +20,9 @@ the result is known to be identical:
   payload holding anything serialized out of band (``Serialize``, ``ToPickle``, …), one
   msgpack cannot pack, or a large one returns ``None`` before anything is written, and
   the caller sends it through the comm's own ``write``.
-- **read**: the header and body are read as the comm reads them; a body of one frame
+- **read**: the bytes of a message are the comm's, taken from Tornado's buffer with one
+  partial read of what has arrived (so that Tornado keeps listening on the socket
+  between messages; anything read ahead goes back in front of its buffer); a body of one frame
   whose bytes hold no ``"__"`` (so no dict of it can carry the ``__Serialized__``,
   ``__Pickled__``, ``__Set__`` or ``__Enum__`` marks that distributed's hook looks for:
   the hook would return each dict unchanged) is decoded by msgpack without the hook.
@@ -58,7 +60,7 @@ from distributed.protocol.compression import decompress, maybe_compress
 from distributed.protocol.serialize import ToPickle, msgpack_encode_default
 from distributed.protocol.utils import msgpack_opts, unpack_frames
 from distributed.utils import ensure_memoryview, nbytes
-from tornado.iostream import StreamClosedError
+from tornado.iostream import BaseIOStream, StreamClosedError
 
 logger = logging.getLogger("distributed.fastworker")
 #: The loggers distributed's ``protocol.loads`` and ``from_frames`` report failures on.
@@ -73,6 +75,24 @@ _WORD = struct.Struct("Q")
 SMALL_BODY = 1 << 16
 #: Larger payloads go through the comm's own write (which may serialize them in a thread).
 LIMIT = OFFLOAD_THRESHOLD or (10 << 20)
+#: How much one read takes of what the socket has delivered (Tornado's read chunk).
+READ_AHEAD = 1 << 16
+
+
+def _reads_ahead(stream_class: type = BaseIOStream) -> bool:
+    """Whether this Tornado keeps its read buffer as a ``bytearray`` whose start is
+    the next unread byte (``_read_buffer``, ``_read_buffer_size``; no
+    ``_read_buffer_pos``), so that bytes read ahead can be handed back in front."""
+    code = getattr(stream_class.__init__, "__code__", None)
+    names = code.co_names if code is not None else ()
+    return (
+        "_read_buffer" in names and "_read_buffer_size" in names
+        and "_read_buffer_pos" not in names and hasattr(stream_class, "_consume")
+    )
+
+
+#: Read a message with one partial read of what has arrived (see :func:`read`).
+_READ_AHEAD_OK = _reads_ahead()
 #: The metric callbacks active in this context (a dict), or None on a release that
 #: keeps them elsewhere (then ``decompress`` is always called).
 _meter_callbacks = getattr(getattr(context_meter, "_callbacks", None), "get", None)
@@ -321,16 +341,58 @@ def _stream_closed(comm: Any, exc: BaseException) -> None:
     _tcp.convert_stream_closed_error(comm, exc)
 
 
+async def _read_ahead(stream: Any) -> tuple[int, bytes | None]:
+    """A message's size and, if it is at most ``SMALL_BODY``, its body, read with one
+    partial read of what has arrived (plus exact reads of what has not yet).
+
+    The comm reads the 8-byte header, then the body: the header's read leaves the
+    body in Tornado's buffer, so Tornado stops listening on the socket when it hands
+    the header over and starts again once the body is read (two ``epoll_ctl`` calls,
+    with asyncio's handle bookkeeping, per message). Taking everything that has
+    arrived at once leaves the buffer empty and the socket listened to throughout.
+    Bytes beyond this message (the next one, or a large body that the comm's way
+    reads into a buffer of its own) go back in front of Tornado's buffer, where the
+    next read finds them: the stream is left exactly where the comm's reads leave it.
+    """
+    chunk = await stream.read_bytes(READ_AHEAD, partial=True)
+    got = len(chunk)
+    if got < 8:
+        chunk += await stream.read_bytes(8 - got)
+        got = 8
+    (size,) = _WORD.unpack_from(chunk)
+    end = 8 + size
+    if size > SMALL_BODY:
+        if got > 8:
+            _unread(stream, chunk, 8)
+        return size, None
+    if got == end:
+        return size, chunk[8:]
+    if got > end:
+        _unread(stream, chunk, end)
+        return size, chunk[8:end]
+    return size, chunk[8:] + await stream.read_bytes(end - got)
+
+
+def _unread(stream: Any, chunk: bytes, start: int) -> None:
+    """Put ``chunk[start:]`` back in front of ``stream``'s read buffer (nothing has
+    been read since ``chunk`` was taken from it)."""
+    rest = memoryview(chunk)[start:]
+    stream._read_buffer[0:0] = rest
+    stream._read_buffer_size += len(rest)
+
+
 async def read(comm: Any, deserializers: Any = None) -> Any:
     """What ``comm.read()`` returns, decoding a small plain message without the hook."""
     stream = comm.stream
     if stream is None:
         raise CommClosedError()
     try:
-        head = await stream.read_bytes(8)
-        (size,) = _WORD.unpack(head)
-        if size <= SMALL_BODY:
-            body = await stream.read_bytes(size)
+        if _READ_AHEAD_OK:
+            size, body = await _read_ahead(stream)
+        else:
+            (size,) = _WORD.unpack(await stream.read_bytes(8))
+            body = await stream.read_bytes(size) if size <= SMALL_BODY else None
+        if body is not None:
             if (
                 size > 16
                 and _WORD.unpack_from(body)[0] == 1

@@ -565,3 +565,96 @@ def test_uninstall_gives_the_comm_its_own_methods_back():
             await _close(listener, done, pairs)
 
     run(main())
+
+
+def test_read_ahead_is_on_for_this_tornado():
+    assert wire._READ_AHEAD_OK
+    # a layout with a read position (older Tornados) reads header and body apart
+    fake = type("Old", (), {"__init__": lambda self: setattr(self, "_read_buffer_pos", 0),
+                            "_consume": None})
+    assert not wire._reads_ahead(fake)
+
+
+def test_bytes_read_ahead_go_back_in_front_of_what_followed():
+    class Stream:
+        _read_buffer = bytearray(b"later")
+        _read_buffer_size = 5
+
+    stream = Stream()
+    wire._unread(stream, b"headerNEXT", 6)
+    assert stream._read_buffer == b"NEXTlater" and stream._read_buffer_size == 9
+
+
+@pytest.mark.parametrize("split", [None, 3, 1000])
+def test_reads_of_coalesced_and_split_messages_take_the_comms_bytes(split):
+    """Several messages (small, large, pickled) arrive together, or in pieces of
+    ``split`` bytes: the wire's reads decode what the comm's reads decode, one message
+    each, and leave nothing behind in Tornado's buffer."""
+    payloads = [PLAIN["free-keys"], [{"op": "x", "data": b"x" * (wire.SMALL_BODY + 10)}],
+                PICKLED["compute-task"], PLAIN["many"], PICKLED["out-of-band buffers"],
+                PLAIN["close-stream"]]
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            if split is None:  # written before anything is read: they arrive together
+                for payload in payloads:
+                    await a.write(payload, on_error="raise")
+            else:  # the comm's bytes, handed to the socket a few at a time
+                sizes = [await b.write(payload, on_error="raise") for payload in payloads]
+                raw = await pb.stream.read_bytes(sum(sizes))
+                for i in range(0, len(raw), split):
+                    a.stream.write(raw[i:i + split])
+                    await asyncio.sleep(0)
+            for payload in payloads:
+                await b.write(payload, on_error="raise")
+            ours = [await wire.read(pa) for _ in payloads]
+            theirs = [await pb.read() for _ in payloads]
+            return ours, theirs, pa.stream._read_buffer_size
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs, left = run(main())
+    assert len(ours) == len(theirs) == 6
+    for x, y in zip(ours, theirs):
+        _same(x, y)
+    assert left == 0
+
+
+def test_a_read_keeps_listening_on_the_socket():
+    """The comm's read of a message stops and restarts Tornado's listening on the
+    socket (header and body read apart); the wire's, with the message taken at once,
+    leaves the registration alone."""
+
+    async def main():
+        listener, done, pairs = await _pairs(2)
+        try:
+            (a, pa), (b, pb) = pairs
+            loop = pa.stream.io_loop
+            calls = []
+            update_handler = loop.update_handler
+
+            def counting(fd, events):
+                calls.append(fd)
+                return update_handler(fd, events)
+
+            loop.update_handler = counting
+            counts = []
+            for reader, writer in ((wire.read, a), (None, b)):
+                comm = pa if reader else pb
+                for _ in range(2):  # the first read registers the socket
+                    # the read waits for the message, as a stream's reader does
+                    pending = asyncio.ensure_future(reader(comm) if reader else comm.read())
+                    await asyncio.sleep(0.01)
+                    calls.clear()
+                    await writer.write(PLAIN["task-finished"], on_error="raise")
+                    await pending
+                counts.append(calls.count(comm.stream.fileno()))
+            del loop.update_handler
+            return counts
+        finally:
+            await _close(listener, done, pairs)
+
+    ours, theirs = run(main())
+    assert ours == 0 and theirs >= 1
