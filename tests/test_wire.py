@@ -568,7 +568,9 @@ def test_uninstall_gives_the_comm_its_own_methods_back():
 
 
 def test_read_ahead_is_on_for_this_tornado():
-    assert wire._READ_AHEAD_OK
+    import tornado
+
+    assert wire._READ_AHEAD_OK is (tornado.version_info >= (6, 3))
     # a layout with a read position (older Tornados) reads header and body apart
     fake = type("Old", (), {"__init__": lambda self: setattr(self, "_read_buffer_pos", 0),
                             "_consume": None})
@@ -622,6 +624,7 @@ def test_reads_of_coalesced_and_split_messages_take_the_comms_bytes(split):
     assert left == 0
 
 
+@pytest.mark.skipif(not wire._READ_AHEAD_OK, reason="Tornado 6.2 reads header and body apart")
 def test_a_read_keeps_listening_on_the_socket():
     """The comm's read of a message stops and restarts Tornado's listening on the
     socket (header and body read apart); the wire's, with the message taken at once,
