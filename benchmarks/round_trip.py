@@ -37,6 +37,23 @@ from bench_e2e import _map_noop, _settle, _tree  # noqa: E402
 WORKLOADS = {"map": _map_noop, "tree": _tree}
 
 
+def _time_wire_writes(wire, records: list, op: str) -> None:
+    """Wrap ``wire.write`` in this process: each write that carries ``op`` messages is
+    recorded with their keys."""
+    write = wire.write
+    clock = time.perf_counter
+
+    def timed_write(comm, payload):
+        start = clock()
+        nbytes = write(comm, payload)
+        keys = [m["key"] for m in payload if isinstance(m, dict) and m.get("op") == op]
+        if keys:
+            records.append(("write", start, clock(), keys))
+        return nbytes
+
+    wire.write = timed_write
+
+
 def _install_on_worker(dask_worker) -> bool:
     from distributed.worker_state_machine import ComputeTaskEvent, ExecuteSuccessEvent
 
@@ -44,16 +61,7 @@ def _install_on_worker(dask_worker) -> bool:
 
     records = dask_worker._fastworker_round_trip = []
     clock = time.perf_counter
-    write = wire.write
-
-    def timed_write(comm, payload):
-        start = clock()
-        nbytes = write(comm, payload)
-        keys = [m["key"] for m in payload
-                if isinstance(m, dict) and m.get("op") == "task-finished"]
-        records.append(("write", start, clock(), keys))
-        return nbytes
-
+    _time_wire_writes(wire, records, "task-finished")
     handle_stimulus = dask_worker.handle_stimulus
 
     def timed_handle_stimulus(*events):
@@ -73,7 +81,6 @@ def _install_on_worker(dask_worker) -> bool:
         records.append(("run", clock(), None, key))
         return run(run_spec, data, execution_state, key, *args)
 
-    wire.write = timed_write
     dask_worker.handle_stimulus = timed_handle_stimulus
     runner.run_task_metered = timed_run
     return True
@@ -84,17 +91,7 @@ def _install_on_scheduler(dask_scheduler) -> bool:
 
     records = dask_scheduler._fastworker_round_trip = []
     clock = time.perf_counter
-    write = wire.write
-
-    def timed_write(comm, payload):
-        start = clock()
-        nbytes = write(comm, payload)
-        keys = [m["key"] for m in payload
-                if isinstance(m, dict) and m.get("op") == "compute-task"]
-        if keys:
-            records.append(("write", start, clock(), keys))
-        return nbytes
-
+    _time_wire_writes(wire, records, "compute-task")
     handler = dask_scheduler.stream_handlers["task-finished"]
 
     def timed_handler(*args, **kwargs):
@@ -103,7 +100,6 @@ def _install_on_scheduler(dask_scheduler) -> bool:
         records.append(("finished", start, clock(), kwargs.get("key")))
         return result
 
-    wire.write = timed_write
     dask_scheduler.stream_handlers["task-finished"] = timed_handler
     return True
 
@@ -174,8 +170,8 @@ def segments(worker_records: list, scheduler_records: list) -> tuple[list, dict]
         rows.append((label, [1e6 * v for v in values]))
     counts = {
         "tasks": len(keys),
-        "scheduler writes": len(writes),
-        "worker writes": worker_writes,
+        "scheduler writes with compute-task": len(writes),
+        "worker writes with task-finished": worker_writes,
     }
     return rows, counts
 

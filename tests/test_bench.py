@@ -241,7 +241,8 @@ def test_round_trip_segments_from_records():
     worker = [("compute", 1.2, 1.25, "a"), ("run", 1.3, None, "a"),
               ("success", 1.5, 1.55, "a"), ("write", 1.7, 1.75, ["a"])]
     rows, counts = round_trip.segments(worker, scheduler)
-    assert counts == {"tasks": 1, "scheduler writes": 2, "worker writes": 1}
+    assert counts == {"tasks": 1, "scheduler writes with compute-task": 2,
+                      "worker writes with task-finished": 1}
     got = [round(values[0]) for _, values in rows]
     assert got == [200_000, 100_000, 200_000, 50_000, 200_000, 200_000, 50_000,
                    100_000, 900_000]

@@ -252,26 +252,18 @@ def test_worker_wire(fast, disabled):
     assert disabled.worker_status()["dispatch"] is None
 
 
-def test_scheduler_streams_by_wire(fast, disabled):
+@pytest.mark.parametrize("streams, status_key", [("streams", "wires"),
+                                                 ("client_streams", "client_wires")])
+def test_scheduler_streams_by_wire(fast, disabled, streams, status_key):
     def wires(cluster):
-        family = cluster.scheduler_metrics()["dask_scheduler_fastworker_streams_by_wire"]
+        family = cluster.scheduler_metrics()[f"dask_scheduler_fastworker_{streams}_by_wire"]
         return {dict(labels)["wire"]: value for (_, labels), value in family.items()}
 
-    # the worker joined a scheduler that already ran the plugin: the Pacer's loop
-    # and the wire from its stream's start
+    # the worker joined, and the test's client connected to, a scheduler that already
+    # ran the plugin: the worker's stream has the Pacer's loop and the wire from its
+    # start, the client's stream the wire on distributed's loop
     assert wires(fast) == {"fastworker": 1, "distributed": 0}
-    assert fast.client.run_on_scheduler(fastworker.status)["wires"] == {"fastworker": 1}
-    assert wires(disabled) == {"fastworker": 0, "distributed": 1}
-
-
-def test_scheduler_client_streams_by_wire(fast, disabled):
-    def wires(cluster):
-        family = cluster.scheduler_metrics()["dask_scheduler_fastworker_client_streams_by_wire"]
-        return {dict(labels)["wire"]: value for (_, labels), value in family.items()}
-
-    # the test's client connected to a scheduler that ran the plugin
-    assert wires(fast) == {"fastworker": 1, "distributed": 0}
-    assert fast.client.run_on_scheduler(fastworker.status)["client_wires"] == {"fastworker": 1}
+    assert fast.client.run_on_scheduler(fastworker.status)[status_key] == {"fastworker": 1}
     assert wires(disabled) == {"fastworker": 0, "distributed": 1}
 
 
