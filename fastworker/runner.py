@@ -27,6 +27,11 @@ from distributed.core import error_message
 from distributed.exceptions import Reschedule
 from distributed.metrics import context_meter, thread_time, time
 from distributed.utils import thread_state
+
+try:  # a SpillBuffer read without its Python layers (fastworker/wsm/spill.pxi)
+    from fastworker.workerstate import data_get
+except Exception:  # pragma: no cover - the compiled core unbuilt or refused: stock's read
+    from operator import getitem as data_get
 from distributed.worker import Worker as _StockWorker
 from distributed.worker import _worker_cvar
 from distributed.worker_state_machine import (
@@ -75,7 +80,7 @@ def gather_inputs(worker: Any, ts: Any) -> dict:
     worker_data = worker.data
     for dep in ts.dependencies:
         dkey = dep.key
-        data[dkey] = worker_data[dkey]  # metered "memory-read" by a SpillBuffer
+        data[dkey] = data_get(worker_data, dkey)  # worker_data[dkey], metered "memory-read" by a SpillBuffer
     stop = time()
     if stop - start > DISK_READ_AFTER:
         ts.startstops.append({"action": "disk-read", "start": start, "stop": stop})

@@ -17,6 +17,7 @@ includes the rest, by concern:
 
 - ``wsm/helpers.pxi``: shared empty results, a task's lazily made sets, clocks,
   state predicates, queues
+- ``wsm/spill.pxi``: storing, reading and dropping values in distributed's SpillBuffer
 - ``wsm/events.pxi``: the event handler table; stimulus log copies of events
 - ``wsm/instructions.pxi``: instruction builders
 - ``wsm/compute.pxi``: _ensure_computing, the ready queues, resources
@@ -273,6 +274,7 @@ cdef bint _dbg_answer = False
 
 
 include "wsm/helpers.pxi"
+include "wsm/spill.pxi"
 include "wsm/events.pxi"
 include "wsm/instructions.pxi"
 include "wsm/compute.pxi"

@@ -439,7 +439,7 @@ cdef tuple _transition_to_memory(WorkerState self, TaskState ts, object value,
     else:
         start = _now()
         try:
-            self.data[key] = value
+            _data_set(self.data, key, value)  # self.data[key] = value
         except Exception as e:
             # e.g. a SpillBuffer that spilled a value larger than its target at once
             # and failed to serialize it: the task errs instead.
@@ -480,8 +480,7 @@ cdef int _purge_state(WorkerState self, TaskState ts) except -1:
     key = ts.key
     if self._debug:
         logger.debug("Purge task: %s", ts)
-    if key in self.data:
-        del self.data[key]
+    _data_discard(self.data, key)  # if key in self.data: del self.data[key]
     self.actors.pop(key, None)
     threads = self.threads
     if type(threads) is dict:
