@@ -27,11 +27,6 @@ from distributed.core import error_message
 from distributed.exceptions import Reschedule
 from distributed.metrics import context_meter, thread_time, time
 from distributed.utils import thread_state
-
-try:  # a SpillBuffer read without its Python layers (fastworker/wsm/spill.pxi)
-    from fastworker.workerstate import data_get
-except Exception:  # pragma: no cover - the compiled core unbuilt or refused: stock's read
-    from operator import getitem as data_get
 from distributed.worker import Worker as _StockWorker
 from distributed.worker import _worker_cvar
 from distributed.worker_state_machine import (
@@ -58,6 +53,22 @@ _THREAD_STATE_KEYS = ("start_time", "execution_state", "key")
 DISK_READ_AFTER = 0.005
 
 
+#: ``data[key]``: the compiled core's ``data_get`` (a SpillBuffer read without its
+#: Python layers, fastworker/wsm/spill.pxi), looked up on first use so that importing
+#: fastworker on a release it refuses does not load the compiled core.
+_data_get = None
+
+
+def _data_getter():
+    global _data_get
+    try:
+        from fastworker.workerstate import data_get
+    except Exception:  # pragma: no cover - the compiled core unbuilt: stock's read
+        from operator import getitem as data_get
+    _data_get = data_get
+    return data_get
+
+
 def uses_stock_run_task() -> bool:
     """Whether ``distributed.worker._run_task`` is distributed's own (a patched one,
     looked up at each run as ``Worker.execute`` does, keeps stock's path)."""
@@ -78,6 +89,7 @@ def gather_inputs(worker: Any, ts: Any) -> dict:
     start = time()
     data = {}
     worker_data = worker.data
+    data_get = _data_get or _data_getter()
     for dep in ts.dependencies:
         dkey = dep.key
         data[dkey] = data_get(worker_data, dkey)  # worker_data[dkey], metered "memory-read" by a SpillBuffer
