@@ -32,7 +32,9 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
     re-runs, take-backs, the longest hold of the event loop by one task, a task
     stuck on the loop that could not be taken back) or None,
     "dispatch": the low-latency state of the worker's stream to the scheduler (None
-    when it keeps stock's batching)}``.
+    when it keeps stock's batching), "data_fast_path": whether the compiled state
+    machine stores to, reads from and drops from ``worker.data`` (distributed's
+    SpillBuffer) without its Python layers when nothing spills}``.
 
     On the scheduler, ``client.run_on_scheduler(fastworker.status)``:
     ``{"scheduler_plugin": bool, "reason": why not (None if it runs), "streams":
@@ -63,7 +65,14 @@ def status(dask_worker: Any = None, dask_scheduler: Any = None) -> dict:
         "inline": report["inline_executor"] is not None,
         **report,
         "dispatch": pacer.state() if pacer is not None else None,
+        "data_fast_path": compiled and _data_fast_path(dask_worker.data),
     }
+
+
+def _data_fast_path(data: Any) -> bool:
+    from fastworker.workerstate import spill_fast_path
+
+    return spill_fast_path(data)
 
 
 def dask_setup(server: Any) -> None:

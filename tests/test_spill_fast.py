@@ -216,11 +216,13 @@ def test_worker_state_leaves_the_same_spill_buffer_as_stock(tmp_path):
 
 
 def _spill_summary(dask_worker):
+    import fastworker
     from fastworker.workerstate import spill_fast_path
 
     sb = dask_worker.data
     metrics = {k: v for k, v in sb.cumulative_metrics.items() if k[1] != "seconds"}
-    return type(sb).__name__, spill_fast_path(sb), sorted(map(str, sb)), metrics
+    reported = fastworker.status(dask_worker)["data_fast_path"]
+    return type(sb).__name__, spill_fast_path(sb), sorted(map(str, sb)), metrics, reported
 
 
 def _run_tree(worker_class):
@@ -271,3 +273,5 @@ def test_a_live_worker_takes_the_fast_path_and_ends_as_stock():
     assert fast[3] == stock[3]
     # 40 leaves read by the mids, 5 mids by the total, 2 results sent to the client
     assert fast[3][("memory-read", "count")] == 47
+    # fastworker.status() reports the path the compiled core takes: none on stock
+    assert (stock[4], fast[4]) == (False, True)
