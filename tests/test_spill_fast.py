@@ -83,13 +83,15 @@ def run_both(tmp_path, seed: int, target: int, steps: int = 600):
     stock = Ops(SpillBuffer(str(tmp_path / "stock"), target=target), fast=False)
     fast = Ops(SpillBuffer(str(tmp_path / "fast"), target=target), fast=True)
     keys = [f"x-{i}" for i in range(40)] + [("y", i) for i in range(40)]
+    heavy = 0  # values stored that weigh more than the whole target
     for step in range(steps):
         op = rng.random()
         key = rng.choice(keys)
         if op < 0.45:
             # Mostly small values; now and then one larger than the whole target
             # (when the target is small enough to make one).
-            size = rng.choice((10, 100, 1_000, 5_000, min(target * 2, 10_000)))
+            size = rng.choice((10, 100, 1_000, 5_000, min(target * 2, 40_000)))
+            heavy += size > target
             value = bytes([step % 256]) * size
             stock.store(key, value)
             fast.store(key, value)
@@ -103,6 +105,7 @@ def run_both(tmp_path, seed: int, target: int, steps: int = 600):
             stock.sb.fast.offset = fast.sb.fast.offset = offset
         assert state(fast.sb) == state(stock.sb), (step, key)
         assert fast.digested == stock.digested, step
+    stock.heavy = heavy
     return stock, fast
 
 
@@ -120,6 +123,7 @@ def test_same_state_as_stock_while_spilling(tmp_path, seed):
     # from disk, and values heavier than the target.
     labels = {label for label, _, _ in stock.digested}
     assert {"disk-write", "disk-read", "memory-read"} <= labels, labels
+    assert stock.heavy > 0
 
 
 def test_the_compiled_functions_skip_stock_methods_when_nothing_spills(tmp_path, monkeypatch):
