@@ -4,6 +4,7 @@ stock's methods leave, operation by operation, spilling to disk included."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -279,3 +280,141 @@ def test_a_live_worker_takes_the_fast_path_and_ends_as_stock():
     assert fast[3][("memory-read", "count")] == 47
     # fastworker.status() reports the path the compiled core takes: none on stock
     assert (stock[4], fast[4]) == (False, True)
+
+
+# --- another thread in the middle of an eviction or a restore ---------------------------
+# zict lets go of its locks while it writes a value to disk (an eviction) or reads one
+# back (a restore), and marks the key pending meanwhile (the LRU's ``_cancel_evict``,
+# the buffer's ``_cancel_restore``); a store, read or drop from another thread then
+# cancels or works around it. The random sequences above run in one thread, so they
+# never see those marks set. Here a second thread is held inside the disk write or
+# read of one key (after the I/O, before zict takes its locks back) while this thread
+# stores, reads and drops, with stock's methods on one buffer and the compiled
+# functions on another; then the held thread finishes. Every state, mid-way and at
+# the end, and every outcome must be stock's.
+
+
+class _Gate:
+    """Holds the first ``Slow.<method>`` call on ``key`` (after it has done its
+    work) until :meth:`open`."""
+
+    def __init__(self, monkeypatch):
+        from distributed.spill import Slow
+
+        self.key = None
+        self.method = None
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        for method in ("__setitem__", "__getitem__"):
+            original = getattr(Slow, method)
+
+            def gated(slow, key, *args, _original=original, _method=method):
+                result = _original(slow, key, *args)
+                if _method == self.method and key == self.key and not self.entered.is_set():
+                    self.entered.set()
+                    assert self.opened.wait(30), "the gate was never opened"
+                return result
+
+            monkeypatch.setattr(Slow, method, gated)
+
+    def arm(self, method, key):
+        self.method, self.key = method, key
+        self.entered.clear()
+        self.opened.clear()
+
+    def open(self):
+        self.opened.set()
+
+
+class _Held:
+    """A stock operation on the buffer in a second thread, held at the gate."""
+
+    def __init__(self, gate, sb, method, key, operation):
+        self.outcome = None
+        gate.arm(method, key)
+
+        def run():
+            try:
+                self.outcome = ("ok", operation(sb))
+            except Exception as e:  # a restore cancelled by this thread: KeyError
+                self.outcome = (type(e).__name__, e.args)
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        assert gate.entered.wait(30), "the held operation never reached the gate"
+        self.gate = gate
+
+    def finish(self):
+        self.gate.open()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        return self.outcome
+
+
+V = b"v" * 600  # two of them weigh more than the target: the older one is evicted
+SMALL = b"s" * 10
+TARGET = 1_000
+
+
+def _evicting(gate, sb):
+    """``b`` stored in a second thread evicts ``a``, held in its disk write."""
+    return _Held(gate, sb, "__setitem__", "a", lambda sb: sb.__setitem__("b", V))
+
+
+def _restoring(gate, sb):
+    """``a`` (on disk) read in a second thread, held in its disk read."""
+    return _Held(gate, sb, "__getitem__", "a", lambda sb: sb["a"])
+
+
+#: name -> (where the second thread is held, what this thread does meanwhile)
+SCENARIOS = {
+    "evicting a: read a": (_evicting, [("read", "a")]),
+    "evicting a: drop a": (_evicting, [("drop", "a")]),
+    "evicting a: drop a, store a": (_evicting, [("drop", "a"), ("store", "a", SMALL)]),
+    "evicting a: store a again": (_evicting, [("store", "a", SMALL)]),
+    "evicting a: drop b, store c": (_evicting, [("drop", "b"), ("store", "c", SMALL)]),
+    "restoring a: store a": (_restoring, [("store", "a", SMALL)]),
+    "restoring a: drop a, store a": (_restoring, [("drop", "a"), ("store", "a", SMALL)]),
+    "restoring a: drop a, store a, drop a": (
+        _restoring, [("drop", "a"), ("store", "a", SMALL), ("drop", "a")]
+    ),
+    "restoring a: drop a, store a, read a": (
+        _restoring, [("drop", "a"), ("store", "a", SMALL), ("read", "a")]
+    ),
+    "restoring a: store c, read b, drop b": (
+        _restoring, [("store", "c", SMALL), ("read", "b"), ("drop", "b")]
+    ),
+}
+
+
+def _run_scenario(tmp_path, gate, name, fast):
+    held_at, steps = SCENARIOS[name]
+    ops = Ops(SpillBuffer(str(tmp_path / ("fast" if fast else "stock")), target=TARGET), fast)
+    sb = ops.sb
+    if held_at is _restoring:
+        sb["a"] = V
+        sb["b"] = V  # evicts a: on disk, b in memory
+        assert "a" in sb.slow and "b" in sb.fast
+    else:
+        sb["a"] = V
+    held = held_at(gate, sb)
+    seen = []
+    for op, key, *value in steps:
+        seen.append((op, key, getattr(ops, op)(key, *value)))
+        seen.append(state(sb))  # with the second thread still held
+    seen.append(("held", held.finish()))
+    seen.append(state(sb))
+    seen.append(ops.digested)
+    return seen
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_same_state_as_stock_beside_a_pending_eviction_or_restore(tmp_path, monkeypatch, name):
+    gate = _Gate(monkeypatch)
+    stock = _run_scenario(tmp_path, gate, name, fast=False)
+    fast = _run_scenario(tmp_path, gate, name, fast=True)
+    assert fast == stock
+    # The marks were set while this thread worked (the scenario is what it says)
+    held_at = SCENARIOS[name][0]
+    mark = "cancel_evict" if held_at is _evicting else "cancel_restore"
+    assert any(isinstance(s, dict) and "a" in s[mark] for s in stock)
