@@ -146,10 +146,9 @@ cdef object _data_get(object data, object key):
     lru = _spill_lru(data)
     if lru is None:
         return data[key]
-    weights = lru.weights
     if key not in lru.d:
         return data[key]
-    memory_size = weights[key]
+    memory_size = lru.weights[key]
     cumulative = data.cumulative_metrics
     _context_meter.digest_metric("memory-read", 1, "count")
     cumulative["memory-read", "count"] += 1
