@@ -36,7 +36,7 @@ from distributed import Client
 from distributed.deploy.subprocess import SubprocessCluster
 
 import fastworker
-from bench_e2e import _map_noop, _settle, _tree, tree_leaves
+from bench_e2e import _array_sum, _map_noop, _settle, _tree, array_side, tree_leaves
 
 #: Worker processes per cluster (1 thread each).
 SIZES: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -62,11 +62,18 @@ INLINE_CONFIGURATIONS: dict[str, tuple[str, bool]] = {
     "fastworker-inline+plugin": ("fastworker-inline", True),
 }
 WORKLOADS = {"map no-op": _map_noop, "tree (fan-in 8)": _tree}
+#: Run only when asked for by name (``--workload array``): the dask.array sum of the
+#: end-to-end group, for the worker's CPU per task on a third shape.
+OPTIONAL_WORKLOADS = {"array sum": _array_sum}
+ALL_WORKLOADS = {**WORKLOADS, **OPTIONAL_WORKLOADS}
 
 
 def describe(name: str, n: int) -> str:
     if name == "map no-op":
         return f"client.map(no-op, range({n:,}))"
+    if name == "array sum":
+        side = array_side(n)
+        return f"da.ones(({side:,}, {side:,}), chunks=50).sum()"
     return f"fan-in-8 delayed tree of sum over {tree_leaves(n):,} leaves"
 
 
@@ -200,7 +207,7 @@ def run(
             say(f"{nworkers} worker process(es) x {threads} thread(s): one cluster alive at a "
                 f"time, started for each repeat of {', '.join(configurations)}")
             for name in names:
-                workload = WORKLOADS[name]
+                workload = ALL_WORKLOADS[name]
 
                 def alone(config: str) -> dict:
                     cluster, client = start_cluster(*configurations[config], nworkers, threads)
@@ -220,7 +227,7 @@ def run(
             for config, (kind, plugin) in configurations.items():
                 clusters[config] = start_cluster(kind, plugin, nworkers, threads)
             for name in names:
-                workload = WORKLOADS[name]
+                workload = ALL_WORKLOADS[name]
                 for _, client in clusters.values():
                     warm_up(client, workload)
                 rows.append(measure_row(

@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-repeats", type=int, help="end-to-end repeats (default 3; --full: 5)")
     parser.add_argument("--e2e-configs", type=lambda s: s.split(","),
                         help=f"cluster shapes, comma-separated (default {','.join(bench_e2e.CONFIGS)})")
-    parser.add_argument("--workload", help="end-to-end workloads whose name contains this")
+    parser.add_argument("--workload", help="end-to-end and dispatch workloads whose name contains "
+                        "this (the dispatch rows run the array sum only when asked: --workload array)")
     parser.add_argument("--dispatch-sizes", type=_ints,
                         help="worker processes of the dispatch clusters, comma-separated "
                         f"(default {','.join(map(str, bench_dispatch.SIZES))})")
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         record["e2e"] = {"info": info, "rows": [bench_e2e.row_record(r) for r in e2e_rows]}
     if "dispatch" in args.only:
         workloads = [w for w in bench_dispatch.WORKLOADS if not args.workload or args.workload in w]
+        # the optional ones only by name (--workload array)
+        workloads += [w for w in bench_dispatch.OPTIONAL_WORKLOADS if args.workload and args.workload in w]
         say(f"Low-latency dispatch: {', '.join(map(str, args.dispatch_sizes))} worker processes; "
             f"{len(workloads)} workloads, ~{args.dispatch_tasks:,} tasks each, {args.dispatch_repeats} repeats")
         d_rows, info = bench_dispatch.run(

@@ -150,6 +150,23 @@ def test_dispatch_one_cluster_at_a_time():
     assert "Only the measured configuration's cluster was alive" in report.markdown_report(record)
 
 
+def test_dispatch_array_sum_only_when_asked():
+    """The array sum is a dispatch workload only by name (``--workload array``): the
+    same tasks on every configuration."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_dispatch
+
+    assert "array sum" not in bench_dispatch.WORKLOADS
+    assert "array sum" in bench_dispatch.ALL_WORKLOADS
+    assert bench_dispatch.describe("array sum", 3_000) == "da.ones((1,550, 1,550), chunks=50).sum()"
+    rows, info = bench_dispatch.run(tasks=40, repeats=1, progress=False, sizes=(1,),
+                                    workloads=["array sum"])
+    (row,) = rows
+    assert row.workload == "array sum" and set(info["workloads"]) == {"array sum"}
+    counts = {config: [r["tasks"] for r in runs] for config, runs in row.runs.items()}
+    assert len(set(map(tuple, counts.values()))) == 1 and counts["stock"][0] > 0, counts
+
+
 def test_table_and_plots_written(bench_run):
     out, _, record = bench_run
     table = (out / "table.md").read_text()
