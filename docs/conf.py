@@ -19,7 +19,7 @@ source_suffix = {".md": "markdown"}
 # benchmark-run/ holds one run's results; its table.md is included by benchmarks.md
 # version-matrix.md (make test-versions) is included by versions.md
 exclude_patterns = [
-    "_build", "benchmark-run", "benchmark-inline", "benchmark-pool", "dispatch-run", "dispatch-pool", "dispatch-wire", "dispatch-wire-many", "dispatch-final", "dispatch-fair", "dispatch-16", "dispatch-16-alone", "dispatch-4-alone", "dispatch-1x2-alone", "dispatch-1x2-read-ahead", "dispatch-1x2-spill", "version-matrix.md",
+    "_build", "benchmark-run", "benchmark-inline", "benchmark-pool", "dispatch-run", "dispatch-pool", "dispatch-wire", "dispatch-wire-many", "dispatch-final", "dispatch-fair", "dispatch-16", "dispatch-16-alone", "dispatch-4-alone", "dispatch-1x2-alone", "dispatch-1x2-read-ahead", "dispatch-1x2-spill", "dispatch-1x2-xeon", "dispatch-1x2-array", "version-matrix.md",
     "Thumbs.db", ".DS_Store",
 ]
 myst_heading_anchors = 3

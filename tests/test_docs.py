@@ -78,7 +78,8 @@ def test_dispatch_page_table_is_that_of_its_results():
 @pytest.mark.parametrize(
     "run, sizes", [("dispatch-wire", {1}), ("dispatch-wire-many", {4, 16}), ("dispatch-final", {1}), ("dispatch-fair", {1}),
                      ("dispatch-16", {16}), ("dispatch-16-alone", {16}), ("dispatch-4-alone", {4}),
-                     ("dispatch-1x2-alone", {1}), ("dispatch-1x2-read-ahead", {1}), ("dispatch-1x2-spill", {1})]
+                     ("dispatch-1x2-alone", {1}), ("dispatch-1x2-read-ahead", {1}), ("dispatch-1x2-spill", {1}),
+                     ("dispatch-1x2-xeon", {1}), ("dispatch-1x2-array", {1})]
 )
 def test_dispatch_wire_tables_are_those_of_their_results(run, sizes):
     """docs/dispatch-wire*: the runs with fastworker.wire on the paced streams."""
