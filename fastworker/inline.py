@@ -61,6 +61,8 @@ logger = logging.getLogger("distributed.fastworker")
 
 #: Handed back by InlineExecution._execute: run this task in the pool instead.
 _TO_POOL = object()
+#: What `_execute` returns after a task raised SystemExit or KeyboardInterrupt.
+_EXITED = object()
 
 
 class _NoThreadPool:
@@ -178,7 +180,8 @@ class InlineExecution:
         try:
             deadline = timemod.perf_counter() + self.batch_time
             while queue:
-                self._run(*queue.popleft())
+                if self._run(*queue.popleft()) is _EXITED:
+                    return  # the worker's loop ends (SystemExit/KeyboardInterrupt)
                 if timemod.perf_counter() >= deadline:
                     break  # the rest stay queued, in order, for the next batch
         finally:
@@ -197,6 +200,8 @@ class InlineExecution:
         token = METER_CALLBACKS.set(runner.ledger_callbacks(ledger))
         try:
             event = self._execute(key)
+            if event is _EXITED:
+                return _EXITED
             if event is not _TO_POOL:
                 worker.handle_stimulus(event)
         finally:
@@ -242,6 +247,10 @@ class InlineExecution:
                     worker.scheduler_delay, guard,
                 )
                 runner.digest_executor(started, metered)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # out of the event loop as from the pool, i.e. as stock's task
+                self.execution.pool.raise_as_stock(key, exc)
+                return _EXITED
             finally:
                 # The event loop's thread is no pool thread: leave nothing behind.
                 pool_thread_state.__dict__.pop("executor", None)

@@ -38,18 +38,48 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
+import functools
 from typing import Any
 
 import dask
+from distributed import worker_state_machine as _wsm
 from distributed.metrics import DelayedMetricsLedger
 from distributed.worker import WORKER_ANY_RUNNING
+from distributed.worker_state_machine import BaseWorker
 
 from fastworker import runner
 from fastworker.runner import METER_CALLBACKS
 
-#: Stock's logger for an asynchronous instruction cancelled on close.
-_wsm_logger = logging.getLogger("distributed.worker_state_machine")
+#: Stock's logger for an asynchronous instruction that ends cancelled or raising
+#: (distributed.worker.state_machine).
+_wsm_logger = _wsm.logger
+
+
+def _wrapper_code():
+    """The code of the coroutine that stock's ``_start_async_instruction`` wraps each
+    instruction in (its repr names it), or None if this release has none."""
+    for const in BaseWorker._start_async_instruction.__code__.co_consts:
+        if getattr(const, "co_name", None) == "wrapper":
+            return const
+    return None
+
+
+_WRAPPER_CODE = _wrapper_code()
+
+
+def _task_repr(key, state: str, exc: BaseException | None = None) -> str:
+    """What stock's log lines show of the asyncio task of ``Execute(key)`` once done:
+    ``<Task cancelled name="execute('x')" coro=<Worker.execute() done, defined at
+    .../worker_state_machine.py:N>>``, or ``<Task finished ... exception=...>``."""
+    name = f"execute({key!r})"
+    coro = ""
+    if _WRAPPER_CODE is not None:
+        coro = (
+            f" coro=<Worker.execute() done, defined at "
+            f"{_WRAPPER_CODE.co_filename}:{_WRAPPER_CODE.co_firstlineno}>"
+        )
+    tail = f" exception={exc!r}" if exc is not None else ""
+    return f"<Task {state} name={name!r}{coro}{tail}>"
 
 
 class _Task:
@@ -75,6 +105,10 @@ class _Task:
     def run(self) -> None:
         """In a pool thread, as the pool's ``_worker`` calls its work items."""
         self.path._run(self)
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def _submit_to(executor, task: _Task) -> None:
@@ -144,8 +178,8 @@ class PoolPath:
         self._sentinel = None
         for task in self.running:
             _wsm_logger.warning(
-                "Async instruction for <Task cancelled name='execute(%r)'> ended "
-                "with CancelledError", task.key,
+                "Async instruction for %s ended with CancelledError",
+                _task_repr(task.key, "cancelled"),
             )
         self.running.clear()
 
@@ -219,9 +253,19 @@ class PoolPath:
         self.running.discard(task)
         result = task.result
         if isinstance(result, BaseException):
+            # SystemExit or KeyboardInterrupt from the task, raised as stock's
+            # asyncio task raises it: from an asyncio task named as stock's, whose
+            # step lets it out of the loop and whose done callback (scheduled as it
+            # leaves) logs it and raises it again on the loop's next run (asyncio.run
+            # cancelling the remaining tasks). So the worker's process ends there,
+            # before its own tasks can close it gracefully, and a Nanny restarts it
+            # as it restarts stock's. (Raised from here directly, one loop iteration
+            # earlier than stock, the worker's stream task could get to close the
+            # worker first, and the Nanny then closed instead of restarting it.)
             self._leave(task)
             self._release_for_close()
-            raise result
+            self.raise_as_stock(task.key, result)
+            return
         token = METER_CALLBACKS.set(task.callbacks)
         try:
             runner.digest_executor(task.started, task.metered)
@@ -233,6 +277,35 @@ class PoolPath:
             METER_CALLBACKS.reset(token)
         self._handle(task)
         self._release_for_close()
+
+    def raise_as_stock(self, key, exc: BaseException) -> None:
+        """Let ``exc`` (SystemExit or KeyboardInterrupt from ``key``'s code) out of the
+        event loop as stock's asyncio task of ``Execute(key)`` would (see
+        ``_handle_finished``); also used by the opt-in event-loop executor."""
+        loop = self.loop or asyncio.get_running_loop()
+        raising = loop.create_task(_reraise(exc), name=f"execute({key!r})")
+        self.worker._async_instructions.add(raising)  # as stock's, until it ends
+        raising.add_done_callback(functools.partial(self._unhandled, key))
+
+    def _unhandled(self, key, raising: asyncio.Task) -> None:
+        """``BaseWorker._finish_async_instruction`` for a task that raised
+        SystemExit or KeyboardInterrupt: stock's log line, and the exception again."""
+        self.worker._async_instructions.discard(raising)
+        if raising.cancelled():  # the worker closed first, as in stock
+            _wsm_logger.warning(
+                "Async instruction for %s ended with CancelledError",
+                _task_repr(key, "cancelled"),
+            )
+            return
+        exc = raising.exception()
+        try:
+            raise exc
+        except BaseException:
+            _wsm_logger.exception(
+                "Unhandled exception in async instruction for %s",
+                _task_repr(key, "finished", exc),
+            )
+            raise
 
     def _leave(self, task: _Task) -> None:
         self.worker.active_keys.discard(task.key)
