@@ -298,14 +298,11 @@ class PoolPath:
             )
             return
         exc = raising.exception()
-        try:
-            raise exc
-        except BaseException:
-            _wsm_logger.exception(
-                "Unhandled exception in async instruction for %s",
-                _task_repr(key, "finished", exc),
-            )
-            raise
+        _wsm_logger.error(
+            "Unhandled exception in async instruction for %s",
+            _task_repr(key, "finished", exc), exc_info=exc,
+        )
+        raise exc
 
     def _leave(self, task: _Task) -> None:
         self.worker.active_keys.discard(task.key)
